@@ -1,0 +1,1 @@
+"""The .mlo compiler: parse -> IR -> check -> resolve -> lower to an ExecutionPlan."""

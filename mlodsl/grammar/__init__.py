@@ -1,0 +1,1 @@
+"""The .mlo grammar (``mlo.lark``), shipped as package data."""

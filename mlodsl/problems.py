@@ -1,0 +1,4 @@
+"""The seed's import path: ``from mlodsl.problems import ImplicitProblem, IterativeProblem``."""
+from mlodsl.runtime.problem import ImplicitProblem, IterativeProblem, Problem
+
+__all__ = ["Problem", "ImplicitProblem", "IterativeProblem"]

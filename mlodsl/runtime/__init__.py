@@ -1,0 +1,1 @@
+"""The runtime: problems, the engine, the schedule and the hypergradient methods."""
