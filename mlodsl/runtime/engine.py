@@ -1,0 +1,406 @@
+"""The engine: holds the problems and their dependency DAG, and runs the schedule.
+
+Python API (Betty's)::
+
+    engine = Engine(config=EngineConfig(train_iters=5000, valid_step=100),
+                    problems=[hpo, classifier],
+                    dependencies={"u2l": {hpo: [classifier]}, "l2u": {classifier: [hpo]}})
+    engine.run()
+
+``l2u`` edges (lower -> uppers) define the hierarchy: ``{classifier: [hpo]}`` means ``hpo``
+depends on ``classifier`` and its gradient includes the hypergradient through it. ``u2l`` edges
+say that a lower's loss reads an upper; each must be matched by a path of ``l2u`` edges back.
+
+The overridable steps, in the order :meth:`Engine.run` calls them:
+
+* :meth:`train_step` - one iteration of the schedule (every leaf once, cascading uppers);
+* :meth:`validation` - returns a dict of metrics, every ``valid_step`` iterations;
+* :meth:`on_iteration_end` - hook after each iteration (logging, checkpoints).
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Iterable, Mapping, Sequence
+
+import networkx as nx
+import torch
+
+from mlodsl.diagnostics import MLOError
+from mlodsl.methods import METHODS
+from mlodsl.runtime.config import EngineConfig
+from mlodsl.runtime.device import resolve_device
+from mlodsl.runtime.functional import ModuleView, substitute
+from mlodsl.runtime.logging import MetricsLog
+from mlodsl.runtime.problem import Problem
+from mlodsl.runtime.schedule import Schedule, ScheduleEdge
+from mlodsl.runtime.stepping import end_unroll_window, take_step
+
+__all__ = ["Engine", "EdgeSpec"]
+
+_RESERVED = set(dir(Problem)) | {"module", "optimizer", "scheduler", "train_data_loader",
+                                 "device", "cur_batch", "after_step", "grad_clip"}
+
+
+class EdgeSpec:
+    """How an upper steps over one lower: method name, its arguments, ``every`` and warm-up."""
+
+    __slots__ = ("upper", "lower", "method", "args", "every", "warmup")
+
+    def __init__(self, upper: str, lower: str, method: str = "darts",
+                 args: Mapping[str, Any] | None = None, every: int = 1, warmup: int = 0):
+        if method not in METHODS:
+            raise MLOError(f"edge {upper} -> {lower}: unknown hypergradient method '{method}'")
+        self.upper, self.lower, self.method = upper, lower, method
+        self.args = METHODS[method].bind(dict(args or {}))
+        self.every, self.warmup = int(every), int(warmup)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+        return f"{self.upper} -> {self.lower} every {self.every} via {self.method}({args})"
+
+
+def _edges_from_configs(problems: Mapping[str, Problem], hierarchy: nx.DiGraph) -> list[EdgeSpec]:
+    """Method, unroll length and warm-up per edge, from the problems' ``Config`` objects.
+
+    The upper's explicitly set fields win (the seed's reading), then the lower's (Betty 0.2.1's),
+    then the defaults.
+    """
+    edges = []
+    for upper, lower in hierarchy.edges:
+        uc, lc = problems[upper].config, problems[lower].config
+
+        def pick(field: str):
+            if uc.explicitly_set(field):
+                return getattr(uc, field), uc
+            if lc.explicitly_set(field):
+                return getattr(lc, field), lc
+            return getattr(uc, field), uc
+
+        method, source = pick("type")
+        if problems[lower].iterative and not source.explicitly_set("type"):
+            method = "unroll"
+        every, _ = pick("unroll_steps")
+        warmup, _ = pick("warmup_steps")
+        args = source.method_arguments(method)
+        for arg in METHODS[method].arguments:  # knobs set on the other config still count
+            if arg.config_field and not source.explicitly_set(arg.config_field):
+                value, _ = pick(arg.config_field)
+                args[arg.name] = value
+        edges.append(EdgeSpec(upper, lower, method, args, every, warmup))
+    return edges
+
+
+class Engine:
+    """Runs a multilevel program: problems, their dependencies and the schedule.
+
+    Args:
+        config: an :class:`EngineConfig` (defaults when None).
+        problems: the problems, in the order that breaks scheduling ties.
+        dependencies: ``{"l2u": {lower: [uppers]}, "u2l": {upper: [lowers]}}`` (Betty's form;
+            problems or their names as keys and items).
+        env: accepted for Betty compatibility (reinforcement-learning environments); unused.
+        edges: the compiler's route: explicit :class:`EdgeSpec` objects instead of ``Config``
+            fields (``dependencies`` may then be None).
+    """
+
+    def __init__(self, config: EngineConfig | None = None, problems: Sequence[Problem] = (),
+                 dependencies: Mapping[str, Mapping] | None = None, env: Any = None,
+                 edges: Iterable[EdgeSpec] | None = None, device: Any = None):
+        self.config = config if config is not None else EngineConfig()
+        self.env = env
+        self.problems: dict[str, Problem] = {}
+        for p in problems:
+            if not isinstance(p, Problem):
+                raise MLOError(f"Engine(problems=...): {p!r} is not a Problem")
+            if p.name in self.problems:
+                raise MLOError(f"two problems are named '{p.name}'")
+            if p.name in _RESERVED:
+                raise MLOError(f"a problem may not be named '{p.name}': problems reach each "
+                               f"other as attributes, and '{p.name}' is taken")
+            self.problems[p.name] = p
+        if not self.problems:
+            raise MLOError("Engine needs at least one problem")
+
+        hierarchy = self._hierarchy(dependencies or {}, edges)
+        if edges is None:
+            edge_specs = _edges_from_configs(self.problems, hierarchy)
+        else:
+            edge_specs = list(edges)
+        self.edges: dict[tuple[str, str], EdgeSpec] = {(e.upper, e.lower): e for e in edge_specs}
+        self.graph = hierarchy
+        self.schedule = Schedule(list(self.problems), [
+            ScheduleEdge(e.upper, e.lower, e.every, e.warmup) for e in edge_specs])
+        self._below_cache: dict[str, list[str]] = {}
+        self._method_states: dict[tuple[str, str], dict] = {}
+        self._unrolled = {e.lower for e in edge_specs if e.method == "unroll"} | {
+            n for n, p in self.problems.items() if p.iterative and self.schedule.uppers(n)}
+        self.global_step = 0
+        self.history = MetricsLog()
+        self._pending_checks: list[tuple[str, torch.Tensor]] = []
+        self._stop = False
+        self._roll_back_cache: dict[str, dict] = {}
+        self._device = resolve_device(device if device is not None else
+                                      getattr(self.config, "device", None))
+        for p in self.problems.values():
+            p._initialize(self, self._device)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: ``self.classifier`` in validation().
+        problems = self.__dict__.get("problems")
+        if problems is not None and name in problems:
+            return problems[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute '{name}'")
+
+    # -- structure ---------------------------------------------------------------------------
+    def _name_of(self, item: Any, where: str) -> str:
+        name = item.name if isinstance(item, Problem) else item
+        if not isinstance(name, str) or name not in self.problems:
+            raise MLOError(f"dependencies[{where!r}] names {name!r}, which is not in "
+                           f"problems ({', '.join(self.problems)})")
+        return name
+
+    def _hierarchy(self, dependencies: Mapping[str, Mapping], edges) -> nx.DiGraph:
+        unknown = set(dependencies) - {"u2l", "l2u"}
+        if unknown:
+            raise MLOError(f"dependencies has unknown keys {sorted(unknown)}; use 'u2l' and 'l2u'")
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.problems)
+        if edges is not None:
+            for e in edges:
+                for end in (e.upper, e.lower):
+                    self._name_of(end, "edges")
+                graph.add_edge(e.upper, e.lower)
+        for lower, uppers in dependencies.get("l2u", {}).items():
+            lo = self._name_of(lower, "l2u")
+            for upper in uppers:
+                up = self._name_of(upper, "l2u")
+                if up == lo:
+                    raise MLOError(f"problem '{lo}' depends on itself (l2u edge to itself)")
+                graph.add_edge(up, lo)  # upper -> lower: "upper depends on lower"
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            names = [u for u, _ in cycle] + [cycle[0][0]]
+            raise MLOError("dependency cycle: " + " depends on ".join(names),
+                           hint="the l2u edges must form a DAG (uppers above lowers)")
+        for upper, lowers in dependencies.get("u2l", {}).items():
+            up = self._name_of(upper, "u2l")
+            for lower in lowers:
+                lo = self._name_of(lower, "u2l")
+                if up == lo:
+                    raise MLOError(f"problem '{up}' has a u2l edge to itself")
+                if not nx.has_path(graph, up, lo):
+                    raise MLOError(
+                        f"u2l edge {up} -> {lo} has no l2u path back: '{lo}' is not below "
+                        f"'{up}', so '{up}' cannot be differentiated through it",
+                        hint=f"add l2u {{{lo}: [{up}]}} or remove the u2l edge")
+        return graph
+
+    def descendants_bottom_up(self, name: str) -> list[str]:
+        """Problems below ``name`` in the DAG, lowest level first (ties in problem order)."""
+        if name not in self._below_cache:
+            levels = self.schedule.levels()
+            order = list(self.problems)
+            below = nx.descendants(self.graph, name)
+            self._below_cache[name] = sorted(below, key=lambda n: (levels[n], order.index(n)))
+        return self._below_cache[name]
+
+    def ancestors_in(self, name: str, scope: set[str]) -> list[str]:
+        """Problems above ``name`` (that depend on it, transitively) within ``scope``."""
+        order = list(self.problems)
+        return sorted(nx.ancestors(self.graph, name) & scope, key=order.index)
+
+    def method_for(self, upper: str, lower: str) -> tuple[str, dict]:
+        """The method (and arguments) used to push cotangents through ``lower`` for ``upper``.
+
+        The edge ``upper -> lower`` when there is one; otherwise the first edge into ``lower``
+        from a problem inside ``upper``'s sub-DAG.
+        """
+        spec = self.edges.get((upper, lower))
+        if spec is None:
+            scope = set(nx.descendants(self.graph, upper)) | {upper}
+            for u in self.problems:
+                if u in scope and (u, lower) in self.edges:
+                    spec = self.edges[(u, lower)]
+                    break
+        return spec.method, spec.args
+
+    def method_state(self, upper: str, lower: str) -> dict:
+        """Persistent per-edge state a method may keep (e.g. a reinforce baseline)."""
+        return self._method_states.setdefault((upper, lower), {})
+
+    def is_unrolled(self, name: str) -> bool:
+        """Whether ``name``'s steps are taken differentiably for an upper to unroll through."""
+        return name in self._unrolled
+
+    # -- loss evaluation ---------------------------------------------------------------------
+    def evaluate_loss(self, problem: Problem, batch: Any, params: Sequence[torch.Tensor] | None
+                      = None, own_step: bool = False, with_metrics: bool = False):
+        """``problem``'s loss on ``batch``, optionally at other parameters, functionally.
+
+        Every problem's module sees its current tensors (fast weights while unrolled); with
+        ``params`` the problem's own trainable parameters are replaced. Buffers of every module
+        are protected, except the problem's own during its own step.
+        """
+        views = []
+        for other in self.problems.values():
+            mapping = None
+            if other is problem and params is not None:
+                mapping = dict(zip(other._trainable_names(), params))
+            elif other._fast is not None:
+                mapping = dict(zip(other._trainable_names(), other._fast))
+            protect = not (own_step and other is problem)
+            views.append((other.module, ModuleView(mapping, protect_buffers=protect)))
+        with substitute(views):
+            loss, metrics = problem.compute_loss(batch)
+        return (loss, metrics) if with_metrics else loss
+
+    # -- running -----------------------------------------------------------------------------
+    def train_step(self) -> None:
+        """One iteration: every leaf steps once; uppers step as their quotas fill."""
+        for name in self.schedule.iteration():
+            problem = self.problems[name]
+            self._maybe_cache_for_roll_back(problem)
+            take_step(self, problem)
+            self._log_problem(problem)
+            lowers = self.schedule.lowers(name)
+            for lower in lowers:
+                if self.edges[(name, lower)].method == "unroll" or self.problems[lower].iterative:
+                    end_unroll_window(self.problems[lower])
+            if self.config.roll_back:
+                self._roll_back_lowers(name)
+        self._check_finite()
+
+    def validation(self) -> dict | None:
+        """Override to return validation metrics (a dict of numbers); None skips logging."""
+        return None
+
+    def on_iteration_end(self) -> None:
+        """Hook called after each iteration (after validation); does nothing by default."""
+
+    def run(self) -> list[dict]:
+        """Run ``train_iters`` iterations; return the metric history (a list of dicts)."""
+        self._seed()
+        self._set_train(True)
+        try:
+            while self.global_step < self.config.train_iters and not self._stop:
+                self.global_step += 1
+                self.train_step()
+                if self.config.valid_step and self.global_step % self.config.valid_step == 0:
+                    self._run_validation()
+                self.on_iteration_end()
+        finally:
+            self._set_train(True)
+        return self.history.records
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _seed(self) -> None:
+        seed = self.config.seed
+        if seed is None or self.global_step > 0:
+            return
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+            np.random.seed(seed % 2**32)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def _set_train(self, mode: bool) -> None:
+        for p in self.problems.values():
+            p.module.train(mode)
+
+    def _run_validation(self) -> None:
+        self._set_train(False)
+        try:
+            with torch.no_grad():
+                stats = self.validation()
+        finally:
+            self._set_train(True)
+        if not stats:
+            return
+        stats = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
+        self.history.log_validation(self.global_step, stats)
+        self.last_validation = stats
+        for p in self.problems.values():
+            sched = p.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = p.scheduler_metric or self.config.early_stopping_metric
+                if metric in stats:
+                    sched.step(stats[metric])
+        if self.config.early_stopping:
+            self._early_stopping(stats)
+
+    def _early_stopping(self, stats: dict) -> None:
+        metric = self.config.early_stopping_metric
+        if metric not in stats:
+            raise MLOError(f"early stopping watches '{metric}', but validation() returned "
+                           f"only {sorted(stats)}", kind="run")
+        value = float(stats[metric])
+        best = getattr(self, "_es_best", None)
+        better = best is None or (value < best if self.config.early_stopping_mode == "min"
+                                  else value > best)
+        if better:
+            self._es_best, self._es_bad = value, 0
+        else:
+            self._es_bad = getattr(self, "_es_bad", 0) + 1
+            if self._es_bad >= self.config.early_stopping_tolerance:
+                self.history.info(f"early stopping at iteration {self.global_step}: "
+                                  f"'{metric}' has not improved for {self._es_bad} validations")
+                self._stop = True
+
+    def _log_problem(self, problem: Problem) -> None:
+        every = problem.config.log_step
+        if every and every > 0 and problem.count % every == 0:
+            self.history.log_problem(self.global_step, problem.name, problem.count,
+                                     problem.last_loss, problem.last_metrics)
+
+    def watch_finite(self, problem: Problem, loss: torch.Tensor) -> None:
+        """Remember a loss to check for NaN/inf at the end of the iteration (one sync)."""
+        self._pending_checks.append((problem.name, loss.detach()))
+
+    def _check_finite(self) -> None:
+        if not self._pending_checks:
+            return
+        flags = torch.stack([torch.isfinite(l).all() for _, l in self._pending_checks])
+        checks, self._pending_checks = self._pending_checks, []
+        if bool(flags.all()):
+            return
+        bad = [name for (name, _), ok in zip(checks, flags.tolist()) if not ok]
+        method = ", ".join(f"{e.upper}->{e.lower} via {e.method}" for e in self.edges.values()
+                           if e.upper in bad or e.lower in bad) or "plain gradient"
+        raise MLOError(f"the loss of problem '{bad[0]}' became NaN or infinite at iteration "
+                       f"{self.global_step} (hypergradients: {method})", kind="run",
+                       hint="lower the learning rates, clip gradients (grad_clip), or check "
+                       "the loss for log(0) and division by zero")
+
+    def before_optimizer_step(self, problem: Problem) -> None:
+        """Hook for systems features (gradient all-reduce, scalers); does nothing here."""
+
+    # -- Betty's roll_back -------------------------------------------------------------------
+    def _maybe_cache_for_roll_back(self, problem: Problem) -> None:
+        if not self.config.roll_back or not self.schedule.uppers(problem.name):
+            return
+        fresh = all(self.schedule.pending(u)[problem.name] == 0
+                    for u in self.schedule.uppers(problem.name))
+        if fresh:
+            import copy
+            self._roll_back_cache[problem.name] = {
+                "module": copy.deepcopy(problem.module.state_dict()),
+                "optimizer": copy.deepcopy(problem.optimizer.state_dict())}
+
+    def _roll_back_lowers(self, upper: str) -> None:
+        """After ``upper`` stepped: each lower returns to where its window started and takes one
+        step against the updated upper (Betty's ``roll_back`` warm start)."""
+        for lower in self.schedule.lowers(upper):
+            cache = self._roll_back_cache.pop(lower, None)
+            if cache is None:
+                continue
+            problem = self.problems[lower]
+            problem.module.load_state_dict(cache["module"])
+            problem.optimizer.load_state_dict(cache["optimizer"])
+            take_step(self, problem, batch=problem.cur_batch)
+            problem._count -= 1  # the redo replaces a step, it does not add one

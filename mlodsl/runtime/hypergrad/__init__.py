@@ -1,0 +1,26 @@
+"""Hypergradient methods, one module each, registered by name.
+
+A method answers one question: given ``v``, the gradient of an upper's objective with respect
+to a lower problem's parameters, what does ``v`` contribute to the gradient with respect to the
+parameters of the problems the lower's best response depends on (its "targets")? For implicit
+methods this is ``-(d^2 g / d targets d w) H^{-1} v`` with ``g`` the lower's loss and ``H`` its
+Hessian; methods differ in how they approximate ``H^{-1} v``.
+
+Chaining over the paths of the dependency DAG lives in one place (:mod:`.chain`), not in the
+methods. To add a method: write ``mymethod.py`` with a function decorated by
+``@register("mymethod")`` taking ``(request, **arguments)`` and returning one tensor (or None)
+per target parameter, and add its signature to ``mlodsl.methods.METHODS``.
+"""
+from mlodsl.runtime.hypergrad.registry import HypergradRequest, get_method, register
+
+# Importing the modules registers the methods.
+from mlodsl.runtime.hypergrad import darts, first_order  # noqa: E402,F401
+
+for _optional in ("neumann", "cg", "unroll", "reinforce", "sama"):
+    try:
+        __import__(f"mlodsl.runtime.hypergrad.{_optional}")
+    except ModuleNotFoundError as _err:  # written by a later change
+        if _err.name != f"mlodsl.runtime.hypergrad.{_optional}":
+            raise
+
+__all__ = ["HypergradRequest", "get_method", "register"]

@@ -1,0 +1,47 @@
+"""``darts(alpha=0.01)``: implicit differentiation with the inverse Hessian as the identity.
+
+With ``g(w, lambda)`` the lower's loss and ``v = df/dw`` the upper's gradient at the lower's
+parameters, the implicit term ``-(d^2 g / d lambda d w) H^{-1} v`` is approximated with
+``H^{-1} ~ I`` and the mixed second derivative by one central finite difference:
+
+    contribution = -( grad_lambda g(w + eps v, lambda) - grad_lambda g(w - eps v, lambda) ) / (2 eps)
+    eps = alpha / ||v||
+
+Reference: Liu, Simonyan and Yang, "DARTS: Differentiable Architecture Search", ICLR 2019,
+eq. 7-8, read as implicit differentiation as in Betty (Choe et al., ICLR 2023).
+
+The two losses are evaluated functionally at perturbed copies of ``w``; the live parameters and
+the lower's buffers (BatchNorm statistics) are never touched, and ``eps`` stays a tensor (no
+host synchronisation).
+"""
+from __future__ import annotations
+
+import torch
+
+from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+
+
+def _norm(tensors) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+@register("darts")
+def darts(request: HypergradRequest, alpha: float = 0.01) -> list[torch.Tensor | None]:
+    """Central finite difference of the targets' gradient along ``v`` (see module docstring)."""
+    w = [p.detach() for p in request.lower_params()]
+    v = [t.detach() for t in request.v]
+    eps = alpha / (_norm(v) + 1e-12)
+    targets = request.target_params()
+    plus = torch._foreach_add(w, torch._foreach_mul(v, eps))
+    minus = torch._foreach_sub(w, torch._foreach_mul(v, eps))
+    g_plus = torch.autograd.grad(request.lower_loss(plus), targets, allow_unused=True)
+    g_minus = torch.autograd.grad(request.lower_loss(minus), targets, allow_unused=True)
+    out: list[torch.Tensor | None] = []
+    for gp, gm in zip(g_plus, g_minus):
+        if gp is None and gm is None:
+            out.append(None)
+        else:
+            gp = 0 if gp is None else gp
+            gm = 0 if gm is None else gm
+            out.append((gm - gp) / (2 * eps))
+    return out

@@ -1,0 +1,104 @@
+"""The registry of hypergradient methods and the request object each method receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mlodsl.diagnostics import MLOError, did_you_mean
+from mlodsl.methods import METHODS
+
+__all__ = ["HypergradRequest", "register", "get_method"]
+
+_REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: make ``fn(request, **arguments)`` the implementation of method ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"method {name!r} has no signature in mlodsl.methods.METHODS")
+
+    def deco(fn: Callable) -> Callable:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Callable:
+    """The implementation of method ``name``; an MLOError for an unknown name."""
+    if name not in _REGISTRY:
+        raise MLOError(f"unknown hypergradient method '{name}'",
+                       hint=did_you_mean(name, _REGISTRY) or
+                       "known methods: " + ", ".join(sorted(_REGISTRY)))
+    return _REGISTRY[name]
+
+
+@dataclass
+class HypergradRequest:
+    """Everything a method needs to turn ``v`` into contributions to the targets' gradients.
+
+    Attributes:
+        engine: the running engine (``engine.problems`` by name).
+        lower: the problem whose best response is differentiated (``w`` are its parameters).
+        targets: the problems whose parameters receive the contribution.
+        v: cotangent on the lower's current parameters, one tensor per parameter.
+        upper: the problem whose step asked for this hypergradient (for messages, logging).
+        upper_loss: the upper's loss value (a detached scalar), used by ``reinforce``.
+    """
+
+    engine: Any
+    lower: Any
+    targets: Sequence[Any]
+    v: Sequence[torch.Tensor]
+    upper: Any = None
+    upper_loss: torch.Tensor | None = None
+    state: dict = field(default_factory=dict)
+
+    # -- what methods evaluate -----------------------------------------------------------
+    def lower_params(self) -> list[torch.Tensor]:
+        """The lower's current parameters (fast weights while unrolling)."""
+        return self.lower.current_parameters()
+
+    def target_params(self) -> list[torch.Tensor]:
+        """The targets' current parameters, concatenated in target order."""
+        out: list[torch.Tensor] = []
+        for t in self.targets:
+            out.extend(t.current_parameters())
+        return out
+
+    def lower_loss(self, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The lower's loss on the batch of its last step, at ``params`` (default: current).
+
+        Evaluated functionally: live parameters and buffers are not modified.
+        """
+        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params)
+
+    def lower_loss_and_metrics(self, params=None):
+        """Like :meth:`lower_loss` but also returns the training step's other outputs."""
+        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
+                                         with_metrics=True)
+
+    def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,
+                   params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """``d loss / d w`` (zeros for parameters the loss does not reach)."""
+        params = list(params) if params is not None else self.lower_params()
+        grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+    def mixed_vjp(self, lower_grad: Sequence[torch.Tensor], vector: Sequence[torch.Tensor],
+                  retain_graph: bool = False) -> list[torch.Tensor | None]:
+        """``-(d/d targets) <lower_grad, vector>``: the implicit term for a solved ``H^{-1} v``."""
+        targets = self.target_params()
+        grads = torch.autograd.grad(list(lower_grad), targets, grad_outputs=list(vector),
+                                    retain_graph=retain_graph, allow_unused=True)
+        return [None if g is None else -g for g in grads]
+
+    def hvp(self, lower_grad: Sequence[torch.Tensor], vector: Sequence[torch.Tensor],
+            params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Hessian-vector product of the lower's loss, from a gradient built with a graph."""
+        params = list(params) if params is not None else self.lower_params()
+        out = torch.autograd.grad(list(lower_grad), params, grad_outputs=list(vector),
+                                  retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(out, params)]

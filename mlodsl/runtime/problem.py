@@ -1,0 +1,222 @@
+"""Problems: one level of a multilevel program each (module, optimizer, data, loss, config).
+
+The Python API mirrors Betty's, so a Betty program ports by changing its imports::
+
+    class Classifier(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            return F.cross_entropy(self.module(x), y) + weighted_l2(self.module, self.hpo())
+
+    classifier = Classifier(name="classifier", module=net, optimizer=opt,
+                            train_data_loader=loader, config=Config())
+
+``self.<name>`` reaches any other problem of the engine; ``self()`` and ``self.forward`` run the
+module. The engine owns the stepping (``mlodsl.runtime.stepping``); a problem holds its own
+state: components, step counter, data position, the batch of its last step and, while an upper
+differentiates through its unrolled steps, its "fast" weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from mlodsl.diagnostics import MLOError
+from mlodsl.runtime.config import Config
+from mlodsl.runtime.data import BatchStream
+from mlodsl.runtime.device import resolve_device
+
+__all__ = ["Problem", "ImplicitProblem", "IterativeProblem"]
+
+
+class Problem:
+    """One optimization problem of a multilevel program.
+
+    Subclass it and define :meth:`training_step`. Components may be given to the constructor or
+    built by the ``configure_*`` hooks (called when the engine starts, for components that were
+    not given).
+    """
+
+    #: Whether the problem's steps are taken differentiably (``IterativeProblem``).
+    iterative: bool = False
+
+    def __init__(self, name: str, config: Config | None = None, module: nn.Module | None = None,
+                 optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                 train_data_loader: Any = None, device: str | torch.device | None = None):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise MLOError(f"problem name {name!r} must be a Python identifier")
+        self._name = name
+        self._config = config if config is not None else Config()
+        if not isinstance(self._config, Config):
+            raise MLOError(f"problem '{name}': config must be a mlodsl Config, "
+                           f"got {type(self._config).__name__}")
+        self.module = module
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_data_loader = train_data_loader
+        self.device = resolve_device(device) if device is not None else None
+        self._engine = None
+        self.cur_batch: Any = None
+        self._stream: BatchStream | None = None
+        self._count = 0
+        # Set while an upper differentiates through this problem's unrolled steps.
+        self._fast: list[torch.Tensor] | None = None
+        self._diffopt = None
+        self.after_step: Callable | None = None
+        self.grad_clip: float | None = None
+        self.scheduler_metric: str | None = None
+        self.last_metrics: dict[str, Any] = {}
+
+    # -- Betty-style hooks -------------------------------------------------------------------
+    def configure_module(self) -> nn.Module | None:
+        """Build the module when none was given to the constructor."""
+        return None
+
+    def configure_optimizer(self) -> torch.optim.Optimizer | None:
+        """Build the optimizer when none was given (``self.module`` is ready by then)."""
+        return None
+
+    def configure_scheduler(self) -> Any:
+        """Build the learning-rate scheduler when none was given."""
+        return None
+
+    def configure_train_data_loader(self) -> Any:
+        """Build the training data (any iterable of batches) when none was given."""
+        return None
+
+    def training_step(self, batch: Any) -> torch.Tensor | dict:
+        """The loss on one batch: a scalar tensor, or a dict with ``"loss"`` plus metrics."""
+        raise NotImplementedError(
+            f"problem '{self._name}' must define training_step(self, batch)")
+
+    def param_callback(self, params: list[torch.Tensor]) -> None:
+        """Called after each optimizer step with the trainable parameters (e.g. to clamp)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module; ``problem(x)`` calls this."""
+        return self.module(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The problem's name; other problems reach it as ``self.<name>``."""
+        return self._name
+
+    @property
+    def config(self) -> Config:
+        """The problem's :class:`Config`."""
+        return self._config
+
+    @property
+    def engine(self):
+        """The engine this problem belongs to (None before ``Engine(...)``)."""
+        return self._engine
+
+    @property
+    def count(self) -> int:
+        """How many steps this problem has taken."""
+        return self._count
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: resolve other problems by name.
+        engine = self.__dict__.get("_engine")
+        if engine is not None and name in engine.problems:
+            return engine.problems[name]
+        raise AttributeError(
+            f"problem '{self.__dict__.get('_name', '?')}' has no attribute '{name}'"
+            + (f" (problems: {', '.join(engine.problems)})" if engine is not None else ""))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self._name!r})"
+
+    # -- parameters ----------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The module's parameters that require a gradient (what the optimizer updates)."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def parameters(self) -> list[nn.Parameter]:
+        """All of the module's parameters."""
+        return list(self.module.parameters())
+
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in self.module.named_parameters() if p.requires_grad]
+
+    def current_parameters(self) -> list[torch.Tensor]:
+        """The tensors the loss currently sees: fast weights while unrolling, else live ones."""
+        return list(self._fast) if self._fast is not None else self.trainable_parameters()
+
+    # -- set-up, called by the engine ---------------------------------------------------------
+    def _initialize(self, engine, default_device: torch.device) -> None:
+        self._engine = engine
+        if self.device is None:
+            self.device = default_device
+        if self.module is None:
+            self.module = self.configure_module()
+        if not isinstance(self.module, nn.Module):
+            raise MLOError(f"problem '{self._name}' has no module: pass module=... or define "
+                           "configure_module()")
+        self.module.to(self.device)
+        if self.optimizer is None:
+            self.optimizer = self.configure_optimizer()
+        if self.optimizer is None:
+            raise MLOError(f"problem '{self._name}' has no optimizer: pass optimizer=... or "
+                           "define configure_optimizer()")
+        if self.scheduler is None:
+            self.scheduler = self.configure_scheduler()
+        if self.train_data_loader is None:
+            self.train_data_loader = self.configure_train_data_loader()
+        if self.train_data_loader is None:
+            raise MLOError(f"problem '{self._name}' has no data: pass train_data_loader=... or "
+                           "define configure_train_data_loader()")
+        self._stream = BatchStream(self.train_data_loader, self.device)
+        if not self.trainable_parameters():
+            raise MLOError(f"problem '{self._name}': its module has no trainable parameters")
+
+    # -- data ------------------------------------------------------------------------------------
+    def next_batch(self) -> Any:
+        """The next training batch on the problem's device (the data restarts when exhausted)."""
+        self.cur_batch = self._stream.next()
+        return self.cur_batch
+
+    def data_state(self) -> dict:
+        """Position in the data, for checkpoints."""
+        return self._stream.state_dict() if self._stream is not None else {}
+
+    # -- losses ------------------------------------------------------------------------------------
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Run :meth:`training_step`; return the loss and the other entries of its dict."""
+        out = self.training_step(batch)
+        if isinstance(out, dict):
+            if "loss" not in out:
+                raise MLOError(f"problem '{self._name}': training_step returned a dict without "
+                               "a 'loss' entry")
+            metrics = {k: v for k, v in out.items() if k != "loss"}
+            out = out["loss"]
+        else:
+            metrics = {}
+        if not isinstance(out, torch.Tensor) or out.numel() != 1:
+            raise MLOError(f"problem '{self._name}': training_step must return a scalar tensor "
+                           f"(or a dict with one under 'loss'), got {type(out).__name__}")
+        return out.reshape(()), metrics
+
+
+class ImplicitProblem(Problem):
+    """A problem whose best response is differentiated implicitly (darts, neumann, cg, ...).
+
+    Its own steps use its ``torch.optim`` optimizer as given.
+    """
+
+
+class IterativeProblem(Problem):
+    """A problem whose steps are taken differentiably, so uppers can unroll through them.
+
+    Uppers reach its parameters as functions of their own through its last ``unroll_steps``
+    steps (MAML-style); the user's optimizer's hyperparameters and state drive a differentiable
+    copy of its update rule (``mlodsl.runtime.optim``).
+    """
+
+    iterative = True
