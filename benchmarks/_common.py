@@ -1,0 +1,310 @@
+"""Small shared helpers for the benchmarks in this folder.
+
+Kept dependency-light on purpose: this module is imported both by the mlodsl side (the system
+Python) and by the Betty side (``benchmarks/.betty-venv``, which has only torch, numpy and
+betty-ml), so it may import torch but nothing from ``mlodsl`` and nothing optional at module
+level.
+
+What is here:
+
+- :func:`program_args`, :func:`setup_process`: the command line every benchmark program takes,
+  and the seed/thread set-up that makes two programs comparable.
+- :func:`load_data`, :func:`write_digits`: MNIST-shaped data (synthetic, or scikit-learn's
+  digits upscaled to 28x28 for a meaningful accuracy).
+- :class:`TimedLoader`: a ``DataLoader`` that timestamps every batch it hands out, so that a
+  program can time "MLO iterations" from the outside of a library's ``Engine.run()``.
+- :func:`peak_rss_mb`: the process's peak resident set size (a high-water mark).
+- :func:`emit`, :func:`parse_result_line`: one JSON line per measurement, and reading it back.
+- :func:`format_table`, :func:`median`: reporting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+import torch
+
+#: Marker that starts the result line, so it can be told apart from a library's own logging on
+#: stdout (Betty logs its initialisation there).
+RESULT_PREFIX = "BENCH_RESULT "
+
+IMAGE_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+# ----------------------------------------------------------------------------- command line
+
+def program_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line shared by every program in ``benchmarks/programs``.
+
+    ``--iters`` counts measured *MLO iterations* (one upper step, i.e. ``--unroll`` lower steps
+    followed by one hypergradient step), after ``--warmup`` unmeasured ones.
+    """
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--method", default="darts", choices=["darts", "neumann", "cg"],
+                   help="hypergradient method (Config.type)")
+    p.add_argument("--unroll", type=int, default=1, help="lower steps per upper step")
+    p.add_argument("--hvp-iters", type=int, default=1,
+                   help="neumann/cg iterations (Config.neumann_iterations / cg_iterations)")
+    p.add_argument("--iters", type=int, default=30, help="measured MLO iterations")
+    p.add_argument("--warmup", type=int, default=5, help="unmeasured MLO iterations first")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' or the path of a .pt file written by write_digits()")
+    p.add_argument("--json", action="store_true", help="print one JSON result line")
+    args = p.parse_args(argv)
+    if args.unroll < 1 or args.iters < 1 or args.warmup < 0:
+        p.error("--unroll and --iters must be >= 1, --warmup >= 0")
+    return args
+
+
+def setup_process(threads: int, seed: int) -> None:
+    """Pin torch's thread count and seed every RNG the programs use.
+
+    Both sides call this before building anything, so both start from the same weights and
+    see the same batches.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+def total_engine_iters(args: argparse.Namespace) -> int:
+    """Engine iterations (lower steps) to run: warmup + measured + 1 MLO iterations.
+
+    The extra iteration supplies the timestamp that closes the last measured one (see
+    :meth:`TimedLoader.seconds_per_batch`).
+    """
+    return (args.warmup + args.iters + 1) * args.unroll
+
+
+# ----------------------------------------------------------------------------- data
+
+def synthetic_data(seed: int, n_train: int = 6400, n_test: int = 1000):
+    """Learnable MNIST-shaped data: a random prototype image per class plus Gaussian noise.
+
+    Returns ``(x_train, y_train, x_test, y_test)`` with images of shape (N, 1, 28, 28),
+    roughly zero-mean and unit-variance like normalised MNIST.
+    """
+    g = torch.Generator().manual_seed(10_000 + seed)
+    protos = torch.randn(NUM_CLASSES, *IMAGE_SHAPE, generator=g)
+
+    def draw(n):
+        y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+        x = 0.05 * protos[y] + torch.randn(n, *IMAGE_SHAPE, generator=g)
+        return x, y
+
+    return (*draw(n_train), *draw(n_test))
+
+
+def write_digits(path: str, seed: int = 0, test_fraction: float = 0.2) -> str:
+    """Write scikit-learn's 8x8 digits, upscaled to 28x28 and normalised, to ``path`` (.pt).
+
+    Runs in the orchestrator's Python (which has scikit-learn); the programs then load the
+    file with :func:`load_data`, so the Betty venv needs no scikit-learn.
+    """
+    from sklearn.datasets import load_digits  # optional dependency, only needed here
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=IMAGE_SHAPE[1:], mode="bilinear",
+                                        align_corners=False)
+    x = (x - x.mean()) / x.std()
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(y) * test_fraction)
+    test, train = perm[:n_test], perm[n_test:]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"x_train": x[train], "y_train": y[train], "x_test": x[test],
+                "y_test": y[test]}, path)
+    return path
+
+
+def load_data(spec: str, seed: int):
+    """``(x_train, y_train, x_test, y_test)`` for ``--data spec`` (see :func:`program_args`)."""
+    if spec == "synthetic":
+        return synthetic_data(seed)
+    d = torch.load(spec)
+    return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+
+
+def noisy_labels(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Copy of ``y`` with ``fraction`` of the labels replaced by uniformly random classes."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    y = y.clone()
+    flip = torch.rand(len(y), generator=g) < fraction
+    y[flip] = torch.randint(0, NUM_CLASSES, (int(flip.sum()),), generator=g)
+    return y
+
+
+class TimedLoader(torch.utils.data.DataLoader):
+    """A shuffling ``DataLoader`` over in-memory tensors that timestamps every batch.
+
+    Batches are gathered with one indexing operation (a ``BatchSampler`` as the sampler and
+    ``batch_size=None``), so loading costs little next to the model. Each batch handed out
+    appends ``time.perf_counter()`` to :attr:`stamps`. Used as the *upper* problem's loader,
+    the k-th stamp marks the start of the k-th upper step, i.e. the boundary between MLO
+    iterations, whatever the library does inside ``Engine.run()``.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int, seed: int):
+        dataset = torch.utils.data.TensorDataset(*tensors)
+        gen = torch.Generator().manual_seed(seed)
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(dataset, generator=gen), batch_size, drop_last=True)
+        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        self.stamps: list[float] = []
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.stamps.append(time.perf_counter())
+            yield batch
+
+    def seconds_per_batch(self, skip: int, count: int) -> float | None:
+        """Mean seconds between stamp ``skip`` and stamp ``skip + count``, or None if missing."""
+        if len(self.stamps) < skip + count + 1:
+            return None
+        return (self.stamps[skip + count] - self.stamps[skip]) / count
+
+
+# ----------------------------------------------------------------------------- measurement
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (``getrusage``'s ``ru_maxrss``).
+
+    A high-water mark: the difference between two readings is how far a phase pushed the peak
+    above everything before it. Measured in a fresh process per run, it is comparable between
+    two libraries that do the same work. (Linux reports KiB, macOS bytes.)
+    """
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+@torch.no_grad()
+def evaluate(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch: int = 500) -> dict[str, float]:
+    """Cross-entropy and accuracy (%) of ``module`` (which returns log-probabilities)."""
+    was_training = module.training
+    module.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(y), batch):
+        out = module(x[i:i + batch])
+        loss += torch.nn.functional.nll_loss(out, y[i:i + batch], reduction="sum").item()
+        correct += (out.argmax(dim=1) == y[i:i + batch]).sum().item()
+    module.train(was_training)
+    return {"test_loss": loss / len(y), "test_acc": 100.0 * correct / len(y)}
+
+
+def library_version(name: str) -> str:
+    """``__version__`` of an imported top-level package, or 'unknown'."""
+    return str(getattr(sys.modules.get(name), "__version__", "unknown"))
+
+
+def emit(result: dict[str, Any], as_json: bool = True) -> None:
+    """Print a program's result: one prefixed JSON line, or ``key: value`` lines."""
+    if as_json:
+        print(RESULT_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    else:
+        for key in sorted(result):
+            print(f"{key}: {result[key]}")
+
+
+def parse_result_line(stdout: str) -> dict[str, Any] | None:
+    """The last result line in a program's stdout, decoded, or None."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    return None
+
+
+def error_string(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def median(values: Iterable[float | None]) -> float | None:
+    """Median of the values that are not None (None if there are none)."""
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(vals) if vals else None
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
+                 floatfmt: str = ".4g") -> str:
+    """A plain-text table. ``columns`` is a list of ``(key, header)``; None prints as '-'."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v)
+
+    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, (_, h) in enumerate(columns)]
+    line = "  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- running a program
+
+def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_loader: TimedLoader,
+                   classifier: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor,
+                   extra: dict[str, Any] | None = None) -> int:
+    """Build the engine, run it, and emit one result; return the process exit code.
+
+    ``make_engine()`` builds the library's ``Engine`` (construction is inside the ``try`` so
+    that a library which rejects the program at set-up time is reported, not crashed on).
+    The library is named after the module ``Engine`` came from. Seconds per MLO iteration come
+    from ``upper_loader``'s stamps; peak memory is the rise of the process's peak RSS during
+    ``engine.run()``.
+    """
+    import gc
+    import traceback
+
+    result: dict[str, Any] = {
+        "program": program, "method": args.method, "unroll": args.unroll,
+        "hvp_iters": args.hvp_iters, "iters": args.iters, "warmup": args.warmup,
+        "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+        "data": "synthetic" if args.data == "synthetic" else os.path.basename(args.data),
+        "torch": torch.__version__, "error": None,
+    }
+    result.update(extra or {})
+    code = 0
+    try:
+        engine = make_engine()
+        library = type(engine).__mro__[-2].__module__.split(".")[0]  # the library's Engine base
+        result["library"] = library
+        result["version"] = library_version(library)
+        gc.collect()
+        rss_before = peak_rss_mb()
+        t0 = time.perf_counter()
+        engine.run()
+        result["seconds_total"] = time.perf_counter() - t0
+        result["peak_rss_mb"] = peak_rss_mb()
+        result["peak_rss_delta_mb"] = result["peak_rss_mb"] - rss_before
+        spi = upper_loader.seconds_per_batch(args.warmup, args.iters)
+        result["upper_steps_seen"] = len(upper_loader.stamps)
+        if spi is None:  # the library drew fewer upper batches than expected: fall back
+            spi = result["seconds_total"] / (total_engine_iters(args) / args.unroll)
+            result["timing"] = "total/iterations (upper loader stamps missing)"
+        else:
+            result["timing"] = "upper-loader stamps"
+        result["seconds_per_iter"] = spi
+        result.update(evaluate(classifier, x_test, y_test))
+    except Exception as exc:  # report the failure as data: "library X cannot run this"
+        result["error"] = error_string(exc)
+        result["traceback"] = traceback.format_exc()[-3000:]
+        code = 1
+    emit(result, args.json)
+    return code
