@@ -31,11 +31,10 @@ def darts(request: HypergradRequest, alpha: float = 0.01) -> list[torch.Tensor |
     w = [p.detach() for p in request.lower_params()]
     v = [t.detach() for t in request.v]
     eps = alpha / (_norm(v) + 1e-12)
-    targets = request.target_params()
     plus = torch._foreach_add(w, torch._foreach_mul(v, eps))
     minus = torch._foreach_sub(w, torch._foreach_mul(v, eps))
-    g_plus = torch.autograd.grad(request.lower_loss(plus), targets, allow_unused=True)
-    g_minus = torch.autograd.grad(request.lower_loss(minus), targets, allow_unused=True)
+    g_plus = request.grad_targets(request.lower_loss(plus))
+    g_minus = request.grad_targets(request.lower_loss(minus))
     out: list[torch.Tensor | None] = []
     for gp, gm in zip(g_plus, g_minus):
         if gp is None and gm is None:
