@@ -41,8 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlodsl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in SUBCOMMANDS.items():
+        try:
+            module = _module(name)
+        except ModuleNotFoundError as err:
+            # A subcommand not installed yet is left out; any other missing module is a bug.
+            if err.name != f"mlodsl.cli.{name}_cmd":
+                raise
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _module(name).add_arguments(p)
+        module.add_arguments(p)
     return parser
 
 
