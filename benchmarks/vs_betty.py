@@ -1,0 +1,345 @@
+"""mlodsl vs Betty 0.2.1: the same MLO programs, timed side by side.
+
+For each program (``hpo``: the seed's per-parameter weight decay; ``reweight``: Meta-Weight-Net
+style data reweighting), each hypergradient method (darts, neumann, cg) and each unroll
+(1 and 5), this runs ``benchmarks/programs/<program>_betty.py`` in Betty's own virtual
+environment and ``<program>_mlodsl.py`` in this Python, alternating which goes first, with the
+same seed, threads and hyperparameters, each measurement in a fresh process. It reports the
+median seconds per MLO iteration, the median rise of peak RSS during the run, the ratio
+mlodsl / Betty, and both against the pass-count bound of ``benchmarks/passcount.py``. A short
+accuracy check on scikit-learn's digits (upscaled to 28x28) confirms both sides learn the same.
+
+    python benchmarks/vs_betty.py --setup          # (re)create benchmarks/.betty-venv only
+    python benchmarks/vs_betty.py --quick          # ~8 minutes on 2 CPU cores
+    python benchmarks/vs_betty.py --methods darts --programs hpo --iters 100 --repeats 5
+
+The Betty venv is created automatically on the first run: torch pinned first (so pip never
+pulls another build), then ``betty-ml==0.2.1`` with ``--no-deps --ignore-requires-python``
+(it declares Python < 3.11), then numpy, its only other import-time dependency.
+
+Results: a table and JSON on stdout, the JSON also in ``benchmarks/results/vs_betty.json``.
+Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (after the path set-up above)
+
+VENV = HERE / ".betty-venv"
+RESULTS = HERE / "results"
+PROGRAMS_DIR = HERE / "programs"
+BETTY_SPEC = "betty-ml==0.2.1"
+TORCH_SPEC = "torch==2.13.0"  # the CPU build on this machine's disk; any other spec may pull CUDA
+BETTY_EXTRA_DEPS = ["numpy"]  # what `import betty.engine` needs besides torch
+SIDES = ("betty", "mlodsl")
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr (stdout carries the results)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- Betty venv
+
+def venv_python() -> Path:
+    """The Betty venv's interpreter."""
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def betty_ready() -> str | None:
+    """``'betty X, torch Y'`` if the venv imports Betty's engine, else None."""
+    if not venv_python().exists():
+        return None
+    r = subprocess.run([str(venv_python()), "-c",
+                        "import betty, betty.engine, torch; "
+                        "print(betty.__version__, torch.__version__)"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def setup_betty_venv(force: bool = False) -> str:
+    """Create ``benchmarks/.betty-venv`` with Betty 0.2.1 (unless it already works)."""
+    ready = betty_ready()
+    if ready and not force:
+        return ready
+    log(f"[setup] creating {VENV.relative_to(ROOT)} ...")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    pip = [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # torch first, pinned: betty-ml's own dependency on torch must find it already satisfied
+    subprocess.run(pip + [TORCH_SPEC], check=True)
+    subprocess.run(pip + ["--no-deps", "--ignore-requires-python", BETTY_SPEC], check=True)
+    subprocess.run(pip + BETTY_EXTRA_DEPS, check=True)
+    ready = betty_ready()
+    if not ready:
+        raise SystemExit("[setup] the Betty venv was built but `import betty.engine` fails")
+    log(f"[setup] ok: betty, torch = {ready}")
+    return ready
+
+
+# ----------------------------------------------------------------------------- one measurement
+
+def run_program(side: str, program: str, method: str, unroll: int, args: argparse.Namespace,
+                iters: int | None = None, data: str = "synthetic") -> dict:
+    """Run one program in a fresh process and return its result (errors included)."""
+    exe = str(venv_python()) if side == "betty" else sys.executable
+    script = PROGRAMS_DIR / f"{program}_{side}.py"
+    cmd = [exe, str(script), "--method", method, "--unroll", str(unroll),
+           "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--seed", str(args.seed),
+           "--hvp-iters", str(args.hvp_iters), "--data", data, "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONHASHSEED="0")
+    env.pop("PYTHONPATH", None)  # each program sets its own path; nothing leaks in
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env,
+                           cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        return {"library": side, "error": f"timeout after {args.timeout}s"}
+    res = _common.parse_result_line(r.stdout)
+    if res is None:  # crashed before it could report (import error, segfault, ...)
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
+        res = {"library": side, "error": f"exit {r.returncode}: {tail[0][:400]}",
+               "traceback": (r.stderr or "")[-3000:]}
+    res["wall_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over the repeats of one side of one configuration."""
+    ok = [r for r in runs if not r.get("error")]
+    errors = [r for r in runs if r.get("error")]
+    out = {
+        "runs": len(runs), "failed": len(errors),
+        "seconds_per_iter": _common.median(r.get("seconds_per_iter") for r in ok),
+        "seconds_per_iter_all": [r.get("seconds_per_iter") for r in ok],
+        "peak_rss_delta_mb": _common.median(r.get("peak_rss_delta_mb") for r in ok),
+        "peak_rss_mb": _common.median(r.get("peak_rss_mb") for r in ok),
+        "test_loss": ok[0].get("test_loss") if ok else None,
+        "version": (ok or runs)[0].get("version"),
+        "error": errors[0]["error"] if errors else None,
+    }
+    if errors and "traceback" in errors[0]:
+        out["traceback"] = errors[0]["traceback"]
+    return out
+
+
+def ratio(a, b):
+    """a / b, or None when either is missing."""
+    return a / b if a is not None and b else None
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+def pass_count_bounds(args: argparse.Namespace) -> dict:
+    """Run ``passcount.py --json`` in a fresh process (same threads) and index its bounds."""
+    cmd = [sys.executable, str(HERE / "passcount.py"), "--json", "--threads", str(args.threads),
+           "--hvp-iters", str(args.hvp_iters)]
+    for p in args.programs:
+        cmd += ["--program", p]
+    for k in args.unrolls:
+        cmd += ["--unroll", str(k)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    if r.returncode != 0:
+        log(f"[passcount] failed: {r.stderr.strip().splitlines()[-1:]}")
+        return {}
+    models = json.loads(r.stdout)
+    return {"models": models,
+            "index": {(m["program"], b["method"], b["unroll"]): b
+                      for m in models for b in m["bounds"]}}
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    """Run the whole comparison and return the report (also written to disk by main)."""
+    t_start = time.perf_counter()
+    versions = setup_betty_venv(force=False)
+    log(f"[bench] betty venv: betty, torch = {versions}")
+
+    passcount = {} if args.no_passcount else pass_count_bounds(args)
+    rows = []
+    configs = [(p, m, k) for p in args.programs for m in args.methods for k in args.unrolls]
+    for n, (program, method, unroll) in enumerate(configs, 1):
+        runs = {s: [] for s in SIDES}
+        for rep in range(args.repeats):
+            order = SIDES if rep % 2 == 0 else SIDES[::-1]  # alternate who goes first
+            for side in order:
+                res = run_program(side, program, method, unroll, args)
+                runs[side].append(res)
+                spi = res.get("seconds_per_iter")
+                log(f"[{n}/{len(configs)}] {program} {method} unroll={unroll} rep={rep} "
+                    f"{side}: " + (f"{spi * 1e3:.2f} ms/iter" if spi else res.get("error")))
+        b, m = summarize(runs["betty"]), summarize(runs["mlodsl"])
+        bound = passcount.get("index", {}).get((program, method, unroll)) or {}
+        rows.append({
+            "program": program, "method": method, "unroll": unroll,
+            "betty": b, "mlodsl": m,
+            "ratio_time": ratio(m["seconds_per_iter"], b["seconds_per_iter"]),
+            "ratio_memory": ratio(m["peak_rss_delta_mb"], b["peak_rss_delta_mb"]),
+            "bound_seconds": bound.get("bound_seconds"),
+            "bound_plain_steps": bound.get("bound_plain_steps"),
+            "passes": bound.get("passes"),
+            "mlodsl_over_bound": ratio(m["seconds_per_iter"], bound.get("bound_seconds")),
+            "betty_over_bound": ratio(b["seconds_per_iter"], bound.get("bound_seconds")),
+            "test_loss_diff": (abs(m["test_loss"] - b["test_loss"])
+                               if m["test_loss"] is not None and b["test_loss"] is not None
+                               else None),
+        })
+
+    accuracy = [] if args.no_accuracy else accuracy_check(args)
+    return {
+        "benchmark": "mlodsl vs Betty",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("setup",)},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+        "betty_venv": versions,
+        "mlodsl_commit": git_commit(),
+        "rows": rows,
+        "accuracy": accuracy,
+        "passcount": passcount.get("models"),
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def accuracy_check(args: argparse.Namespace) -> list[dict]:
+    """darts, unroll 1, on digits: both sides' test accuracy after ``--accuracy-iters``."""
+    try:
+        data = _common.write_digits(str(RESULTS / "digits.pt"), seed=args.seed)
+    except ImportError as exc:
+        log(f"[accuracy] skipped: {exc}")
+        return [{"error": f"skipped: {_common.error_string(exc)}"}]
+    out = []
+    for program in args.programs:
+        row = {"program": program, "method": "darts", "unroll": 1, "data": "digits",
+               "iters": args.accuracy_iters}
+        for side in SIDES:
+            res = run_program(side, program, "darts", 1, args, iters=args.accuracy_iters,
+                              data=data)
+            row[side] = {k: res.get(k) for k in ("test_acc", "test_loss", "error")}
+            log(f"[accuracy] {program} {side}: acc={res.get('test_acc')} "
+                f"loss={res.get('test_loss')} error={res.get('error')}")
+        out.append(row)
+    return out
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (short), if git is there."""
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                       cwd=str(ROOT))
+    return r.stdout.strip() or None
+
+
+def table(report: dict) -> str:
+    """The human-readable summary of a report."""
+    rows = []
+    for r in report["rows"]:
+        b, m = r["betty"], r["mlodsl"]
+        ms = lambda s: s * 1e3 if s is not None else None  # noqa: E731
+        note = []
+        if b["error"]:
+            note.append(f"betty {b['failed']}/{b['runs']} failed: {b['error']}")
+        if m["error"]:
+            note.append(f"mlodsl {m['failed']}/{m['runs']} failed: {m['error']}")
+        rows.append({
+            "config": f"{r['program']} {r['method']} u{r['unroll']}",
+            "betty_ms": ms(b["seconds_per_iter"]), "mlodsl_ms": ms(m["seconds_per_iter"]),
+            "ratio": r["ratio_time"],
+            "betty_mb": b["peak_rss_delta_mb"], "mlodsl_mb": m["peak_rss_delta_mb"],
+            "mem_ratio": r["ratio_memory"],
+            "bound_ms": ms(r["bound_seconds"]), "bound_steps": r["bound_plain_steps"],
+            "m_over_bound": r["mlodsl_over_bound"], "b_over_bound": r["betty_over_bound"],
+            "note": "; ".join(note)[:160],
+        })
+    text = _common.format_table(rows, [
+        ("config", "config"), ("betty_ms", "betty ms/it"), ("mlodsl_ms", "mlodsl ms/it"),
+        ("ratio", "mlodsl/betty"), ("betty_mb", "betty dRSS MB"),
+        ("mlodsl_mb", "mlodsl dRSS MB"), ("mem_ratio", "mem ratio"),
+        ("bound_ms", "bound ms"), ("bound_steps", "bound steps"),
+        ("m_over_bound", "mlodsl/bound"), ("b_over_bound", "betty/bound"), ("note", "note")],
+        floatfmt=".3g")
+    acc = [a for a in report.get("accuracy", []) if "program" in a]
+    if acc:
+        text += "\n\naccuracy on digits (darts, unroll 1):\n" + _common.format_table(
+            [{"program": a["program"], "iters": a["iters"],
+              "betty": a["betty"]["test_acc"], "mlodsl": a["mlodsl"]["test_acc"],
+              "betty_loss": a["betty"]["test_loss"], "mlodsl_loss": a["mlodsl"]["test_loss"],
+              "note": "; ".join(f"{s}: {a[s]['error']}" for s in SIDES if a[s]["error"])[:120]}
+             for a in acc],
+            [("program", "program"), ("iters", "iters"), ("betty", "betty acc %"),
+             ("mlodsl", "mlodsl acc %"), ("betty_loss", "betty loss"),
+             ("mlodsl_loss", "mlodsl loss"), ("note", "note")])
+    s = report["settings"]
+    text += (f"\n\n{s['iters']} measured MLO iterations after {s['warmup']} warmup, median of "
+             f"{s['repeats']} fresh processes per side, {s['threads']} thread(s); "
+             f"dRSS = rise of peak RSS during Engine.run(); bound = passcount.py's minimum.")
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command line of the benchmark (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setup", action="store_true",
+                    help="(re)create benchmarks/.betty-venv and exit")
+    ap.add_argument("--quick", action="store_true",
+                    help="30 iterations after 5 warmup, 2 repeats, short accuracy check")
+    ap.add_argument("--iters", type=int, default=None, help="measured MLO iterations (100)")
+    ap.add_argument("--warmup", type=int, default=None, help="warmup MLO iterations (10)")
+    ap.add_argument("--repeats", type=int, default=None, help="fresh processes per side (3)")
+    ap.add_argument("--methods", default="darts,neumann,cg")
+    ap.add_argument("--unrolls", default="1,5")
+    ap.add_argument("--programs", default="hpo,reweight")
+    ap.add_argument("--hvp-iters", type=int, default=1, help="neumann/cg iterations")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--accuracy-iters", type=int, default=None,
+                    help="MLO iterations of the digits accuracy check (400)")
+    ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--no-passcount", action="store_true")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per process")
+    ap.add_argument("--out", default=str(RESULTS / "vs_betty.json"))
+    args = ap.parse_args(argv)
+    quick = args.quick
+    args.iters = args.iters or (30 if quick else 100)
+    args.warmup = args.warmup if args.warmup is not None else (5 if quick else 10)
+    args.repeats = args.repeats or (2 if quick else 3)
+    args.accuracy_iters = args.accuracy_iters or (150 if quick else 400)
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.unrolls = [int(k) for k in args.unrolls.split(",") if k]
+    args.programs = [p for p in args.programs.split(",") if p]
+    for p in args.programs:
+        if not (PROGRAMS_DIR / f"{p}_betty.py").exists():
+            ap.error(f"unknown program {p!r}")
+    return args
+
+
+def main(argv=None) -> int:
+    """Entry point: set up, run, print the table and the JSON, write the JSON."""
+    args = parse_args(argv)
+    if args.setup:
+        setup_betty_venv(force=True)
+        return 0
+    report = benchmark(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(table(report))
+    print()
+    print(json.dumps(report))
+    log(f"[bench] wrote {out} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
