@@ -22,7 +22,8 @@ __all__ = ["IRBuilder", "BadLiteral", "decode_string"]
 
 
 class BadLiteral(Exception):
-    """A literal the lexer accepted but that has no value (a 5,000-digit integer)."""
+    """Text the grammar accepts but the language does not: a 5,000-digit integer, a
+    positional argument after a keyword argument."""
 
     def __init__(self, span: Span, message: str):
         super().__init__(message)
@@ -245,7 +246,12 @@ class IRBuilder(Transformer):
         for c in children[1:-1]:
             if isinstance(c, list):
                 for a in c:
-                    (kwargs if isinstance(a, ir.Keyword) else args).append(a)
+                    if isinstance(a, ir.Keyword):
+                        kwargs.append(a)
+                    elif kwargs:
+                        raise BadLiteral(a.span, "positional argument follows keyword argument")
+                    else:
+                        args.append(a)
         node = ir.Call(func, tuple(args), tuple(kwargs), span=_join(func, rpar))
         return self._expr(node, func, *args, *(k.value for k in kwargs))
 

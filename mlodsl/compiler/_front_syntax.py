@@ -118,12 +118,18 @@ def syntax_diagnostic(err: UnexpectedInput, file: str, text: str,
     else:
         span = token_span(tok)
     message = f"expected {_describe_expected(expected)}, got {_describe_token(tok)}"
-    if tok.type.upper() in {k.upper() for k in KEYWORDS} and "NAME" in expected:
-        hint = f"'{tok.value}' is a keyword and cannot be used as a name"
-    elif open_brackets and tok.type in ("$END", "RBRACE", "PROBLEM", "ENGINE", "LET",
-                                        "FROM", "IMPORT", "_SEMI"):
+    end = getattr(tok, "end_pos", None)
+    if tok.type == "EQUAL" and isinstance(end, int) and text[end:end + 1] == "=":
+        return Diagnostic(file, Span(span.line, span.column, span.line, span.column + 2),
+                          "error", "unexpected '=='",
+                          "comparisons are not part of .mlo expressions")
+    if open_brackets and (tok.type in ("$END", "RBRACE", "PROBLEM", "ENGINE", "LET",
+                                         "FROM", "IMPORT", "_SEMI")
+                            or span.line > open_brackets[-1].line):
         b = open_brackets[-1]
         hint = f"the '{_BRACKET_NAMES[b.type]}' at line {b.line}, column {b.column} is not closed"
+    elif tok.type.upper() in {k.upper() for k in KEYWORDS} and "NAME" in expected:
+        hint = f"'{tok.value}' is a keyword and cannot be used as a name"
     elif tok.type == "EQUAL" and "EQUAL" not in expected:
         hint = "'=' only assigns a field or a keyword argument"
     return Diagnostic(file, span, "error", message, hint)

@@ -238,7 +238,8 @@ class _Checker:
                            f"'every N' lets '{e.target}' step N times per step of '{p.name}'")
             if e.method is not None:
                 check_method(e.method, self.lets, self.error)
-                self.check_names(e.method, _Scope(self))
+                for arg in _method_arguments(e.method):
+                    self.check_names(arg, _Scope(self))
         hg = p.field("hypergrad")
         if hg is not None and not p.edges:
             self.warning(hg.name_span, f"'hypergrad' of '{p.name}' has no effect: "
@@ -248,6 +249,7 @@ class _Checker:
                     where: str, kind: str, at: Span, problem: ir.Problem | None = None):
         other = ENGINE_FIELDS if table is PROBLEM_FIELDS else PROBLEM_FIELDS
         seen: dict[str, ir.Field] = {}
+        guessed: set[str] = set()  # required fields that an unknown field was probably meant as
         for f in fields:
             spec = table.get(f.name)
             if f.name in seen:
@@ -256,6 +258,7 @@ class _Checker:
             seen.setdefault(f.name, f)
             if spec is None:
                 hint = did_you_mean(f.name, table)
+                guessed.update(n for n in table if hint == f"did you mean '{n}'?")
                 if hint is None and f.name in other:
                     hint = f"'{f.name}' is a field of " + (
                         "the engine" if other is ENGINE_FIELDS else "problems")
@@ -268,11 +271,16 @@ class _Checker:
                                    "only 'loss(a, b) = ...' names the parts of the batch")
                 else:
                     batch = self.check_params(f, problem)
-            self.check_names(f.value, _Scope(self, batch=batch, problems=True))
+            scope = _Scope(self, batch=batch, problems=True)
+            if spec is not None and spec.kind == "method":
+                for arg in _method_arguments(f.value):  # the method name is not a Python name
+                    self.check_names(arg, scope)
+            else:
+                self.check_names(f.value, scope)
             if spec is not None:
                 check_value(spec, f, where, self.lets, self.error)
         for name, spec in table.items():
-            if spec.required and name not in seen:
+            if spec.required and name not in seen and name not in guessed:
                 self.error(at, f"{where} is missing the required field '{name}'", spec.doc)
 
     def check_params(self, f: ir.Field, problem: ir.Problem | None) -> tuple[str, ...]:
@@ -347,6 +355,10 @@ class _Checker:
         below = {n: reachable(lower_of, n) for n in self.graph}
         above = {n: reachable(upper_of, n) for n in self.graph}
         reads: dict[str, set[str]] = {}
+        # With an edge to an unknown problem (or to itself) the graph is not what the author
+        # meant: connectivity errors would only repeat that mistake.
+        incomplete = any(e.target not in self.problems or e.target == p.name
+                         for p in self.program.problems for e in p.edges)
         for name, p in self.problems.items():
             f = p.field("loss")
             if f is None or f.params is None:
@@ -359,7 +371,7 @@ class _Checker:
                 r = node.name
                 if r not in self.problems or r == name or r in reported:
                     continue
-                if r not in below[name] and r not in above[name]:
+                if not incomplete and r not in below[name] and r not in above[name]:
                     reported.add(r)
                     self.error(node.span, f"the loss of '{name}' reads '{r}', which is not "
                                f"connected to '{name}' by depends edges",
@@ -378,6 +390,13 @@ class _Checker:
                                  f"hypergradient through '{lower}' is zero: the loss of "
                                  f"'{lower}' never reads '{upper}'",
                                  f"use '{upper}' in the loss of '{lower}', e.g. '{upper}()'")
+
+
+def _method_arguments(expr: ir.Expr) -> list[ir.Expr]:
+    """The argument expressions of a method call like ``neumann(iterations=n)``."""
+    if isinstance(expr, ir.Call) and isinstance(expr.func, ir.Name):
+        return [*expr.args, *(kw.value for kw in expr.kwargs)]
+    return []
 
 
 def _is_dunder(name: str) -> bool:

@@ -1,0 +1,40 @@
+"""The diagnostics of a .mlo file as golden-file lines: ``LINE:COL: severity: message``.
+
+Run as a script to (re)write the ``.expected`` file next to each bad program:
+``python3 tests/frontend/_golden.py`` (review the diff before committing it).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mlodsl.compiler.check import check  # noqa: E402
+from mlodsl.compiler.parse import parse  # noqa: E402
+from mlodsl.diagnostics import MLOError  # noqa: E402
+
+
+def diagnostics_of(path: Path):
+    """Every diagnostic of one file: its syntax errors, or else its check results."""
+    try:
+        program = parse(path.read_bytes(), path.name)
+    except MLOError as err:
+        return err.diagnostics
+    return check(program)
+
+
+def golden_lines(path: Path) -> list[str]:
+    """The golden lines of one file."""
+    out = []
+    for d in diagnostics_of(path):
+        where = f"{d.span.line}:{d.span.column}" if d.span else "-"
+        out.append(f"{where}: {d.severity}: {d.message}")
+    return out
+
+
+if __name__ == "__main__":
+    for mlo in sorted((ROOT / "tests" / "programs" / "bad").glob("*.mlo")):
+        mlo.with_suffix(".expected").write_text("\n".join(golden_lines(mlo)) + "\n")
