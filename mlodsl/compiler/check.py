@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_graph import back_edges, reachable, reverse
+from mlodsl.compiler._front_graph import back_edges, reachable_all, reverse
 from mlodsl.compiler._front_graph import levels as _graph_levels
 from mlodsl.compiler._front_names import BUILTINS
 from mlodsl.compiler._front_values import UNKNOWN, check_method, check_value, literal_value
@@ -133,9 +133,13 @@ class _Checker:
         self.file = program.file
         self.out: list[Diagnostic] = []
         self.problems = _first_problems(program)
+        # The Program's by-kind views rebuild a tuple on each access: take them once.
+        self.let_list = program.lets
+        self.problem_list = program.problems
         self.lets: dict[str, ir.Let] = {}
-        for let in program.lets:
+        for let in self.let_list:
             self.lets.setdefault(let.name, let)
+        self.let_names = set(self.lets)
         self.imported: dict[str, Span] = {}
         for imp in program.imports:
             for name, span in imp.bindings():
@@ -155,7 +159,7 @@ class _Checker:
     def run(self) -> list[Diagnostic]:
         self.check_structure()
         self.check_lets()
-        for p in self.program.problems:
+        for p in self.problem_list:
             self.check_problem(p)
         for e in self.program.engines:
             self.check_block(e.fields, ENGINE_FIELDS, "the engine", "engine", e.span)
@@ -214,7 +218,7 @@ class _Checker:
                     seen.add(kw.name)
 
     def check_lets(self):
-        for i, let in enumerate(self.program.lets):
+        for i, let in enumerate(self.let_list):
             scope = _Scope(self, let_index=i)
             self.check_names(let.value, scope)
 
@@ -352,18 +356,18 @@ class _Checker:
         lower_of = self.graph
         upper_of = reverse(self.graph)
         cyclic = bool(back_edges(self.graph))
-        below = {n: reachable(lower_of, n) for n in self.graph}
-        above = {n: reachable(upper_of, n) for n in self.graph}
+        below = reachable_all(lower_of)
+        above = reachable_all(upper_of)
         reads: dict[str, set[str]] = {}
         # With an edge to an unknown problem (or to itself) the graph is not what the author
         # meant: connectivity errors would only repeat that mistake.
         incomplete = any(e.target not in self.problems or e.target == p.name
-                         for p in self.program.problems for e in p.edges)
+                         for p in self.problem_list for e in p.edges)
         for name, p in self.problems.items():
             f = p.field("loss")
             if f is None or f.params is None:
                 continue
-            reads[name] = loss_reads(p, self.program)
+            reads[name] = loss_reads(p) & self.problems.keys()
             reported: set[str] = set()
             for node in ir.iter_expr(f.value):
                 if not isinstance(node, ir.Name) or node.name in f.params:
@@ -411,10 +415,10 @@ class _Scope:
         self.c = checker
         self.batch = set(batch)
         self.problems = problems
-        lets = checker.program.lets
+        lets = checker.let_list
         # A let sees only the lets above it; fields see them all.
         visible = lets if let_index is None else lets[:let_index]
-        self.lets = {let.name for let in visible}
+        self.lets = checker.let_names if let_index is None else {let.name for let in visible}
         self.let_index = let_index
 
     def has(self, name: str) -> bool:
