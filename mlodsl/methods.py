@@ -141,8 +141,11 @@ METHODS: dict[str, MethodSignature] = {
         ),
         MethodSignature(
             "unroll",
-            (Argument("checkpoint", bool, False,
-                      doc="recompute the unrolled steps in backward instead of storing them"),),
+            (Argument("first_order", bool, False, config_field="first_order",
+                      doc="drop second-order terms: the lower's gradients are taken without "
+                      "a graph (first-order MAML)"),
+             Argument("checkpoint", bool, False,
+                      doc="recompute the unrolled steps in backward instead of storing them")),
             "iterative differentiation through the lower's last `every` steps",
             implicit=False,
         ),

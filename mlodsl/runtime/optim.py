@@ -81,14 +81,25 @@ class DifferentiableOptimizer:
 
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
              ) -> list[torch.Tensor]:
-        """One optimizer step, out of place: returns the new parameters."""
-        out = []
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if g is None:
-                out.append(p)
-                continue
-            out.append(self._update(p, g, self.groups[i], self.state[i]))
-        return out
+        """One optimizer step, out of place: returns the new parameters (state carried)."""
+        new, self.state = self.apply(params, grads, self.state, self.groups)
+        return new
+
+    def apply(self, params, grads, states, groups) -> tuple[list[torch.Tensor], list[dict]]:
+        """A pure step: ``(new_params, new_states)`` from ``states`` and hyperparameters ``groups``.
+
+        Nothing is mutated, so the step can be recomputed (activation checkpointing).
+        """
+        out, new_states = [], []
+        for p, g, group, state in zip(params, grads, groups, states):
+            state = dict(state)
+            out.append(p if g is None else self._update(p, g, group, state))
+            new_states.append(state)
+        return out, new_states
+
+    def snapshot_groups(self) -> list[dict]:
+        """Each parameter's hyperparameters now (a later scheduler step does not change them)."""
+        return [{k: v for k, v in g.items() if k != "params"} for g in self.groups]
 
     def _update(self, p, g, group, state):  # pragma: no cover - abstract
         raise NotImplementedError

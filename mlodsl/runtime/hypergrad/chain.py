@@ -10,6 +10,12 @@ on (its ancestors inside ``P``'s sub-DAG). Processing the lowest levels first ma
 For ``P`` two levels above ``L`` through ``M`` this gives
 ``df/dP = d_P f + J_M^T (d_M f + J_{L<-M}^T d_L f) + J_{L<-P}^T d_L f``, where
 ``J_{L<-M} = dtheta_L*/dtheta_M`` is what the method of the edge into ``L`` approximates.
+
+Unrolled problems (live "fast" weights, see ``unroll``) are explicit functions of the problems
+above them on the autograd tape, so ``autograd.grad`` already returns *total* derivatives
+through them: a member with fast weights is never pushed by a method, and what a method would
+add to a fast member (other than ``problem`` itself) is dropped, because the same paths reach
+the leaves through the tape. Every path is then counted exactly once.
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ def total_gradient(engine, problem, loss: torch.Tensor, create_graph: bool = Fal
     inputs = list(own)
     for member in members:
         inputs.extend(member.current_parameters())
-    raw = _grad(loss, inputs, create_graph)
+    # Methods below may differentiate through fast weights' tapes again: keep them.
+    unrolled = {m.name for m in members if m._fast is not None}
+    raw = _grad(loss, inputs, create_graph, retain=bool(unrolled))
 
     cotangent: dict[str, list[torch.Tensor | None]] = {}
     offset = len(own)
@@ -49,8 +57,8 @@ def total_gradient(engine, problem, loss: torch.Tensor, create_graph: bool = Fal
     detached_loss = loss.detach()
     for name in below:  # lowest level first
         v = cotangent[name]
-        if all(g is None for g in v):
-            continue
+        if name in unrolled or all(g is None for g in v):
+            continue  # an unrolled lower's paths are on the tape (module docstring)
         lower = engine.problems[name]
         targets = [engine.problems[t] for t in engine.ancestors_in(name, scope)]
         method, args = engine.method_for(problem.name, name)
@@ -61,27 +69,29 @@ def total_gradient(engine, problem, loss: torch.Tensor, create_graph: bool = Fal
             upper=problem, upper_loss=detached_loss,
             state=engine.method_state(problem.name, name))
         contributions = get_method(method)(request, **args)
-        _distribute(cotangent, targets, contributions)
+        _distribute(cotangent, targets, contributions, skip=unrolled - {problem.name})
 
     return [torch.zeros_like(p) if g is None else g
             for g, p in zip(cotangent[problem.name], own)]
 
 
-def _grad(loss, inputs, create_graph):
+def _grad(loss, inputs, create_graph, retain=False):
     # An upper that reaches its lowers only through sampling (reinforce) may have a loss
     # with no graph at all: every direct gradient is then zero.
     if not loss.requires_grad:
         return [None] * len(inputs)
-    return torch.autograd.grad(loss, inputs, allow_unused=True, create_graph=create_graph)
+    return torch.autograd.grad(loss, inputs, allow_unused=True, create_graph=create_graph,
+                               retain_graph=True if retain or create_graph else None)
 
 
-def _distribute(cotangent, targets, contributions: Sequence[torch.Tensor | None]) -> None:
+def _distribute(cotangent, targets, contributions: Sequence[torch.Tensor | None],
+                skip=frozenset()) -> None:
     i = 0
     for target in targets:
         slot = cotangent[target.name]
         for j in range(len(slot)):
             c = contributions[i]
             i += 1
-            if c is None:
+            if c is None or target.name in skip:
                 continue
             slot[j] = c if slot[j] is None else slot[j] + c

@@ -99,10 +99,27 @@ class HypergradRequest:
     def mixed_vjp(self, lower_grad: Sequence[torch.Tensor], vector: Sequence[torch.Tensor],
                   retain_graph: bool = False) -> list[torch.Tensor | None]:
         """``-(d/d targets) <lower_grad, vector>``: the implicit term for a solved ``H^{-1} v``."""
-        targets = self.target_params()
-        grads = torch.autograd.grad(list(lower_grad), targets, grad_outputs=list(vector),
-                                    retain_graph=retain_graph, allow_unused=True)
+        grads = self.grad_targets(list(lower_grad), list(vector), retain_graph=retain_graph)
         return [None if g is None else -g for g in grads]
+
+    def grad_targets(self, outputs, grad_outputs=None, retain_graph: bool = False
+                     ) -> list[torch.Tensor | None]:
+        """``d outputs / d targets`` (None where unused).
+
+        The graph is kept when a target has fast weights: their unrolled tape is shared with
+        the upper's own backward and with other methods.
+        """
+        targets = self.target_params()
+        outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        gos = list(grad_outputs) if isinstance(grad_outputs, (list, tuple)) else \
+            [grad_outputs] * len(outs)
+        pairs = [(o, g) for o, g in zip(outs, gos) if o.requires_grad]
+        if not pairs:  # the lower's loss reads no target
+            return [None] * len(targets)
+        keep = retain_graph or any(t.grad_fn is not None for t in targets)
+        return list(torch.autograd.grad([o for o, _ in pairs], targets,
+                                        grad_outputs=[g for _, g in pairs],
+                                        retain_graph=keep or None, allow_unused=True))
 
     def hvp(self, lower_grad: Sequence[torch.Tensor], vector: Sequence[torch.Tensor],
             params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
