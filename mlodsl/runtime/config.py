@@ -122,7 +122,13 @@ class EngineConfig:
 
     Ours: ``seed`` (seeds torch, random and numpy before the run), ``log_step`` (engine-level
     console logging period), ``checkpoint_every``/``checkpoint_dir``/``checkpoint_keep``,
-    ``on_nan`` (``"stop"`` or ``"skip"``) and ``progress`` (a progress bar on a terminal).
+    ``resume_from`` (a checkpoint folder to continue from; a fresh start when it holds none),
+    ``on_nan`` (``"stop"`` or ``"skip"``), ``progress`` (a progress bar on a terminal, plain
+    lines elsewhere), ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``: the default of every
+    problem whose ``Config`` does not set one), ``device`` and ``run_dir`` (a folder that
+    receives ``metrics.jsonl`` and ``metrics.csv``). ``strategy`` ``"distributed"`` (or
+    ``"ddp"``) trains data-parallel on ``torch.distributed``; ``"default"`` does so too when
+    launched by torchrun with ``WORLD_SIZE > 1``.
     """
 
     train_iters: int = 50000
@@ -143,6 +149,10 @@ class EngineConfig:
     checkpoint_keep: int = 3
     on_nan: str = "stop"
     progress: bool = False
+    precision: str = "fp32"
+    device: str | None = None
+    resume_from: str | None = None
+    run_dir: str | None = None
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any):
@@ -158,3 +168,15 @@ class EngineConfig:
             raise MLOError("EngineConfig(early_stopping_mode=...) must be 'min' or 'max'")
         if self.on_nan not in ("stop", "skip"):
             raise MLOError("EngineConfig(on_nan=...) must be 'stop' or 'skip'")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise MLOError(f"EngineConfig(precision={self.precision!r}) must be 'fp32', 'fp16' "
+                           "or 'bf16'")
+        if self.strategy not in ("default", "distributed", "ddp", "zero", "fsdp"):
+            raise MLOError(f"EngineConfig(strategy={self.strategy!r}) must be 'default', "
+                           "'distributed' or 'ddp'")
+        for name in ("checkpoint_every", "checkpoint_keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise MLOError(f"EngineConfig({name}={value!r}) must be an integer >= 0")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise MLOError("EngineConfig(checkpoint_every=...) needs checkpoint_dir=...")

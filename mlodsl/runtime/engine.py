@@ -16,11 +16,19 @@ The overridable steps, in the order :meth:`Engine.run` calls them:
 * :meth:`train_step` - one iteration of the schedule (every leaf once, cascading uppers);
 * :meth:`validation` - returns a dict of metrics, every ``valid_step`` iterations;
 * :meth:`on_iteration_end` - hook after each iteration (logging, checkpoints).
+
+Systems features live in their own modules and meet here: checkpoints and resumption
+(:mod:`~mlodsl.runtime.checkpoint`; ``checkpoint_every``, ``resume_from``, SIGINT/SIGTERM),
+data parallelism (:mod:`~mlodsl.runtime.distributed`), mixed precision
+(:mod:`~mlodsl.runtime.precision`), the progress display (:mod:`~mlodsl.runtime.progress`) and
+the run folder (:class:`~mlodsl.runtime.logging.RunWriter`).
 """
 from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -28,10 +36,14 @@ import torch
 
 from mlodsl.diagnostics import MLOError
 from mlodsl.methods import METHODS
+from mlodsl.runtime import checkpoint as ckpt
+from mlodsl.runtime import distributed as dist
 from mlodsl.runtime.config import EngineConfig
 from mlodsl.runtime.device import resolve_device
 from mlodsl.runtime.functional import ModuleView, substitute
-from mlodsl.runtime.logging import MetricsLog
+from mlodsl.runtime.logging import MetricsLog, make_sinks
+from mlodsl.runtime.precision import Precision
+from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
 from mlodsl.runtime.schedule import Schedule, ScheduleEdge
 from mlodsl.runtime.stepping import end_unroll_window, take_step
@@ -137,13 +149,28 @@ class Engine:
             n for n, p in self.problems.items() if p.iterative and self.schedule.uppers(n)}
         self.global_step = 0
         self.history = MetricsLog()
-        self._pending_checks: list[tuple[str, torch.Tensor]] = []
+        self._pending_checks: list[tuple[str, str, torch.Tensor]] = []
         self._stop = False
         self._roll_back_cache: dict[str, dict] = {}
-        self._device = resolve_device(device if device is not None else
-                                      getattr(self.config, "device", None))
+        self._es_best: float | None = None
+        self._es_bad = 0
+        self._resumed = False
+        self._interrupt: int | None = None
+        self._checkpoint_due = False
+        self._last_checkpoint_step: int | None = None
+        self._run_started = False
+        requested = device if device is not None else getattr(self.config, "device", None)
+        self.distributed = dist.wants_distributed(self.config.strategy)
+        if self.distributed:
+            dist.setup(self.config.backend)
+            requested = dist.local_device(requested)
+            self.history.console = dist.is_main()  # only rank 0 logs
+        self._device = resolve_device(requested)
         for p in self.problems.values():
             p._initialize(self, self._device)
+        self.precision = Precision(self)
+        if self.distributed:
+            dist.broadcast_parameters([p.module for p in self.problems.values()])
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: ``self.classifier`` in validation().
@@ -254,7 +281,7 @@ class Engine:
                 mapping = dict(zip(other._trainable_names(), other._fast))
             protect = not (own_step and other is problem)
             views.append((other.module, ModuleView(mapping, protect_buffers=protect)))
-        with substitute(views):
+        with substitute(views), self.precision.autocast(problem):
             loss, metrics = problem.compute_loss(batch)
         return (loss, metrics) if with_metrics else loss
 
@@ -282,19 +309,116 @@ class Engine:
         """Hook called after each iteration (after validation); does nothing by default."""
 
     def run(self) -> list[dict]:
-        """Run ``train_iters`` iterations; return the metric history (a list of dicts)."""
-        self._seed()
+        """Run until ``train_iters`` iterations; return the metric history (a list of dicts).
+
+        Resumes from ``resume_from`` first when it holds a checkpoint; writes one every
+        ``checkpoint_every`` iterations and one at the end; SIGINT/SIGTERM stop the run at the
+        end of the current iteration, after a final checkpoint.
+        """
+        self._start_run()
         self._set_train(True)
+        handlers = self._install_signal_handlers()
+        progress = self._make_progress()
         try:
-            while self.global_step < self.config.train_iters and not self._stop:
-                self.global_step += 1
-                self.train_step()
-                if self.config.valid_step and self.global_step % self.config.valid_step == 0:
-                    self._run_validation()
-                self.on_iteration_end()
+            with progress:
+                while self.global_step < self.config.train_iters and not self._stop:
+                    self.global_step += 1
+                    self.train_step()
+                    if self.config.valid_step and self.global_step % self.config.valid_step == 0:
+                        self._run_validation()
+                    self.on_iteration_end()
+                    self._end_iteration(progress)
+                if progress is not None:
+                    progress.update(self, force=True)
+            self._final_checkpoint()
         finally:
+            self._restore_signal_handlers(handlers)
             self._set_train(True)
         return self.history.records
+
+    def resume(self, directory: str) -> bool:
+        """Restore the newest checkpoint in ``directory``; False when there is none.
+
+        Call before :meth:`run`; the run then continues from the checkpoint's iteration.
+        """
+        self._resumed = ckpt.load_latest(self, directory)
+        return self._resumed
+
+    def save_checkpoint(self, directory: str | None = None):
+        """Write a checkpoint now (to ``checkpoint_dir`` by default); return its path."""
+        path = ckpt.save_checkpoint(self, directory)
+        self._last_checkpoint_step = self.global_step
+        return path
+
+    # -- run set-up and iteration boundaries --------------------------------------------------
+    def _start_run(self) -> None:
+        if self._run_started:  # a second run() continues; nothing to set up again
+            return
+        self._run_started = True
+        if self.config.resume_from and not self._resumed:
+            self.resume(self.config.resume_from)
+        self._seed()
+        if dist.is_main():
+            for sink in make_sinks(self.config.logger_type, self.config.run_dir, self.history):
+                if hasattr(sink, "truncate_after"):
+                    # Drop what an interrupted run logged after its last checkpoint.
+                    (sink.truncate_after(self.global_step) if self.global_step
+                     else sink.clear())
+                self.history.sinks.append(sink)
+
+    def _make_progress(self):
+        if not self.config.progress or not dist.is_main():
+            return _NoProgress()
+        return make_progress(self.config.train_iters, self.global_step)
+
+    def _end_iteration(self, progress) -> None:
+        """Progress display, periodic checkpoints, and stopping on a signal."""
+        progress.update(self)
+        every = self.config.checkpoint_every
+        if every and self.global_step % every == 0:
+            self._checkpoint_due = True
+        if self._checkpoint_due and ckpt.can_checkpoint(self):
+            self._checkpoint_due = False
+            self.save_checkpoint()
+        interrupted = self._interrupt is not None
+        if self.distributed:  # a signal may reach only some ranks: agree before stopping
+            interrupted = dist.any_flag(interrupted)
+        if interrupted:
+            signum = self._interrupt or signal.SIGTERM
+            self._final_checkpoint()
+            self.history.info(f"stopped by signal {signal.Signals(signum).name} after iteration "
+                              f"{self.global_step}")
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + int(signum))
+
+    def _final_checkpoint(self) -> None:
+        if not self.config.checkpoint_dir or self._last_checkpoint_step == self.global_step:
+            return
+        if not ckpt.can_checkpoint(self):
+            self.history.info(f"no checkpoint at iteration {self.global_step}: inside an "
+                              f"unrolled window (the last one is at {self._last_checkpoint_step})")
+            return
+        self.save_checkpoint()
+
+    def _install_signal_handlers(self) -> dict | None:
+        # Only with somewhere to write to, and only from the main thread (Python's rule).
+        if not self.config.checkpoint_dir or threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {}
+
+        def handler(signum, frame):
+            if self._interrupt is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self._interrupt = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict | None) -> None:
+        for sig, old in (previous or {}).items():
+            signal.signal(sig, old)
 
     # -- helpers -----------------------------------------------------------------------------
     def _seed(self) -> None:
@@ -314,25 +438,41 @@ class Engine:
             p.module.train(mode)
 
     def _run_validation(self) -> None:
-        self._set_train(False)
-        try:
-            with torch.no_grad():
-                stats = self.validation()
-        finally:
-            self._set_train(True)
+        stats = None
+        if dist.is_main():  # only rank 0 validates; the others follow its numbers
+            self._set_train(False)
+            try:
+                with torch.no_grad():
+                    stats = self.validation()
+            finally:
+                self._set_train(True)
+            if stats:
+                if not isinstance(stats, Mapping):
+                    stats = {"metric": stats}
+                stats = {k: (v.item() if isinstance(v, torch.Tensor) else v)
+                         for k, v in stats.items()}
+        if self.distributed:
+            stats = dist.broadcast_object(stats)
         if not stats:
             return
-        stats = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
         self.history.log_validation(self.global_step, stats)
         self.last_validation = stats
+        self._plateau_schedulers(stats)
+        if self.config.early_stopping:
+            self._early_stopping(stats)
+
+    def _plateau_schedulers(self, stats: dict) -> None:
+        """Step every ``ReduceLROnPlateau`` on its metric (``problem.scheduler_metric``)."""
         for p in self.problems.values():
             sched = p.scheduler
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 metric = p.scheduler_metric or self.config.early_stopping_metric
-                if metric in stats:
-                    sched.step(stats[metric])
-        if self.config.early_stopping:
-            self._early_stopping(stats)
+                if metric not in stats:
+                    raise MLOError(
+                        f"problem '{p.name}': ReduceLROnPlateau watches '{metric}', but "
+                        f"validation() returned only {sorted(stats)}", kind="run",
+                        hint=f"set {p.name}.scheduler_metric to one of {sorted(stats)}")
+                sched.step(float(stats[metric]))
 
     def _early_stopping(self, stats: dict) -> None:
         metric = self.config.early_stopping_metric
@@ -340,13 +480,13 @@ class Engine:
             raise MLOError(f"early stopping watches '{metric}', but validation() returned "
                            f"only {sorted(stats)}", kind="run")
         value = float(stats[metric])
-        best = getattr(self, "_es_best", None)
+        best = self._es_best
         better = best is None or (value < best if self.config.early_stopping_mode == "min"
                                   else value > best)
         if better:
             self._es_best, self._es_bad = value, 0
         else:
-            self._es_bad = getattr(self, "_es_bad", 0) + 1
+            self._es_bad += 1
             if self._es_bad >= self.config.early_stopping_tolerance:
                 self.history.info(f"early stopping at iteration {self.global_step}: "
                                   f"'{metric}' has not improved for {self._es_bad} validations")
@@ -358,27 +498,81 @@ class Engine:
             self.history.log_problem(self.global_step, problem.name, problem.count,
                                      problem.last_loss, problem.last_metrics)
 
+    # -- divergence guard ----------------------------------------------------------------------
     def watch_finite(self, problem: Problem, loss: torch.Tensor) -> None:
-        """Remember a loss to check for NaN/inf at the end of the iteration (one sync)."""
-        self._pending_checks.append((problem.name, loss.detach()))
+        """Remember a loss to check for NaN/inf at the end of the iteration (one sync).
+
+        With ``on_nan="skip"`` losses are checked before each optimizer step instead
+        (:meth:`allow_step`), so nothing is remembered here.
+        """
+        if self.config.on_nan == "stop":
+            self._pending_checks.append((problem.name, "loss", loss.detach()))
+
+    def allow_step(self, problem: Problem, loss: torch.Tensor,
+                   grads: Sequence[torch.Tensor]) -> bool:
+        """Whether ``problem`` may apply this step's (averaged, unscaled) gradient ``grads``.
+
+        ``on_nan="stop"``: always True; the gradients' finiteness joins the end-of-iteration
+        check (no sync here). ``on_nan="skip"``: one host sync; a non-finite loss or gradient
+        skips the step (no parameter update, no scheduler step) and logs it.
+        """
+        scaled = self.precision.scaler(problem) is not None  # the scaler skips inf steps itself
+        flags = [] if scaled or not grads else [
+            torch.isfinite(torch.stack(torch._foreach_norm([g.detach() for g in grads]))).all()]
+        if self.config.on_nan == "stop":
+            if flags:
+                self._pending_checks.append((problem.name, "gradient", flags[0]))
+            return True
+        ok = torch.isfinite(loss.detach()).all()
+        if flags:
+            ok = ok & flags[0]
+        if bool(ok):
+            return True
+        self.history.info(f"skipped a step of problem '{problem.name}' at iteration "
+                          f"{self.global_step}: non-finite loss or gradient "
+                          f"({self._methods_of(problem.name)})")
+        return False
+
+    def _methods_of(self, name: str) -> str:
+        """The hypergradient methods that feed problem ``name``'s gradient, for messages."""
+        scope = set(self.descendants_bottom_up(name)) | {name}
+        used = [f"{e.upper}->{e.lower} via {e.method}" for e in self.edges.values()
+                if e.upper in scope or e.lower == name]
+        return "hypergradients: " + ", ".join(used) if used else "plain gradient, no lowers"
 
     def _check_finite(self) -> None:
         if not self._pending_checks:
             return
-        flags = torch.stack([torch.isfinite(l).all() for _, l in self._pending_checks])
+        flags = torch.stack([torch.isfinite(t).all() for _, _, t in self._pending_checks])
         checks, self._pending_checks = self._pending_checks, []
         if bool(flags.all()):
             return
-        bad = [name for (name, _), ok in zip(checks, flags.tolist()) if not ok]
-        method = ", ".join(f"{e.upper}->{e.lower} via {e.method}" for e in self.edges.values()
-                           if e.upper in bad or e.lower in bad) or "plain gradient"
-        raise MLOError(f"the loss of problem '{bad[0]}' became NaN or infinite at iteration "
-                       f"{self.global_step} (hypergradients: {method})", kind="run",
-                       hint="lower the learning rates, clip gradients (grad_clip), or check "
-                       "the loss for log(0) and division by zero")
+        name, what = next((n, w) for (n, w, _), ok in zip(checks, flags.tolist()) if not ok)
+        where = (f"the gradient of problem '{name}' (hypergradients included)"
+                 if what == "gradient" else f"the loss of problem '{name}'")
+        last = (f"; the last good checkpoint is iteration {self._last_checkpoint_step}"
+                if self._last_checkpoint_step is not None else "")
+        raise MLOError(f"{where} became NaN or infinite at iteration {self.global_step} "
+                       f"({self._methods_of(name)}){last}", kind="run",
+                       hint="lower the learning rates, clip gradients (grad_clip), use "
+                       "on_nan='skip', or check the loss for log(0) and division by zero")
 
+    # -- systems hooks around the optimizer step --------------------------------------------
     def before_optimizer_step(self, problem: Problem) -> None:
-        """Hook for systems features (gradient all-reduce, scalers); does nothing here."""
+        """Called with ``problem``'s total gradient in ``p.grad``, before clipping and the step.
+
+        Averages it across ranks when distributed (hypergradients included: they are part of
+        the total gradient) and unscales it when an fp16 gradient scaler is active.
+        """
+        if self.distributed:
+            dist.average_gradients(problem.trainable_parameters())
+        self.precision.unscale(problem)
+
+    def average_across_ranks(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Average a differentiable gradient list across ranks (unrolled steps)."""
+        if not self.distributed:
+            return list(grads)
+        return dist.average_differentiable(grads)
 
     # -- Betty's roll_back -------------------------------------------------------------------
     def _maybe_cache_for_roll_back(self, problem: Problem) -> None:
@@ -404,3 +598,16 @@ class Engine:
             problem.optimizer.load_state_dict(cache["optimizer"])
             take_step(self, problem, batch=problem.cur_batch)
             problem._count -= 1  # the redo replaces a step, it does not add one
+
+
+class _NoProgress:
+    """The progress display when there is none (``progress=False``, or ranks other than 0)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def update(self, engine, force: bool = False) -> None:
+        """Do nothing."""

@@ -4,15 +4,24 @@ Every record has ``kind`` (``"train"``, ``"validation"`` or ``"info"``) and ``it
 training records also have ``problem``, ``step`` and ``loss`` plus the metrics the problem's
 ``training_step`` returned. Values are converted to Python numbers only when logged (the one
 place a host synchronisation happens for logging).
+
+Sinks see every record: :class:`RunWriter` keeps a run folder (``metrics.jsonl`` and
+``metrics.csv``, read by ``mlodsl plot``); :class:`TensorBoardSink` writes TensorBoard events
+when the ``tensorboard`` package is installed (:func:`make_sinks` says so clearly otherwise).
 """
 from __future__ import annotations
 
+import csv
+import json
+import math
+import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["MetricsLog", "to_number"]
+__all__ = ["MetricsLog", "to_number", "RunWriter", "TensorBoardSink", "make_sinks"]
 
 
 def to_number(value: Any) -> Any:
@@ -66,3 +75,131 @@ class MetricsLog:
     def validation(self) -> list[dict]:
         """The validation records only."""
         return [r for r in self.records if r["kind"] == "validation"]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; "nan" and "inf" read back with float()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class RunWriter:
+    """A MetricsLog sink writing a run folder: ``metrics.jsonl`` and ``metrics.csv``.
+
+    ``metrics.jsonl`` gets one JSON object per record, appended and flushed at once (a killed
+    run keeps everything logged so far). ``metrics.csv`` has one row per record and a column per
+    key ever seen; it is rewritten when a new key appears (rare: the first records of a run).
+    On resume call :meth:`truncate_after` with the checkpoint's iteration, so that records the
+    interrupted run wrote after its last checkpoint are not repeated.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.dir / "metrics.jsonl"
+        self.csv = self.dir / "metrics.csv"
+        self._rows: list[dict] = []
+        self._columns: list[str] = []
+        if self.jsonl.exists():
+            self._rows = read_records(self.jsonl)
+            self._rewrite()
+
+    def __call__(self, record: dict) -> None:
+        """Append one record to both files."""
+        row = {k: _jsonable(v) for k, v in record.items()}
+        self._rows.append(row)
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if any(k not in self._columns for k in row):
+            self._rewrite()
+        else:
+            with open(self.csv, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, self._columns).writerow(row)
+
+    def clear(self) -> None:
+        """Start the folder's metrics afresh (a new run in a used folder)."""
+        self._rows = []
+        self.jsonl.write_text("", encoding="utf-8")
+        self._rewrite()
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records of iterations after ``iteration`` (written before an interruption)."""
+        self._rows = [r for r in self._rows
+                      if not isinstance(r.get("iteration"), int) or r["iteration"] <= iteration]
+        with open(self.jsonl, "w", encoding="utf-8") as f:
+            for row in self._rows:
+                f.write(json.dumps(row) + "\n")
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        columns = ["kind", "iteration", "problem", "step"]
+        for row in self._rows:
+            columns.extend(k for k in row if k not in columns)
+        self._columns = columns
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        os.replace(tmp, self.csv)
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (a torn last line is ignored)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+    return out
+
+
+class TensorBoardSink:
+    """A MetricsLog sink writing TensorBoard scalars (``problem/metric``, ``validation/metric``)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(log_dir=str(directory))
+
+    def __call__(self, record: dict) -> None:
+        """Write the numeric entries of one record."""
+        kind = record.get("kind")
+        if kind not in ("train", "validation"):
+            return
+        prefix = record["problem"] if kind == "train" else "validation"
+        for key, value in record.items():
+            if key in ("kind", "iteration", "problem", "step"):
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{prefix}/{key}", value, record["iteration"])
+        self.writer.flush()
+
+
+def make_sinks(logger_type: str, run_dir: str | None, log: "MetricsLog") -> list[Callable]:
+    """Sinks for ``EngineConfig.logger_type``/``run_dir``; a clear message for what is missing.
+
+    ``run_dir`` set: a :class:`RunWriter`. ``logger_type="tensorboard"``: a
+    :class:`TensorBoardSink` in ``run_dir`` (default ``runs/``), or an info record saying that
+    the ``tensorboard`` package is missing and the run goes on without it.
+    """
+    sinks: list[Callable] = []
+    if run_dir:
+        sinks.append(RunWriter(run_dir))
+    if logger_type == "tensorboard":
+        try:
+            sinks.append(TensorBoardSink(Path(run_dir or "runs") / "tensorboard"))
+        except ImportError:
+            log.info("logger_type='tensorboard': the tensorboard package is not installed "
+                     "(pip install tensorboard); skipping TensorBoard logging")
+    elif logger_type not in ("none", "console", "stdout", None):
+        log.info(f"logger_type={logger_type!r} is not supported (use 'tensorboard' or 'none'); "
+                 "logging to the console only")
+    return sinks

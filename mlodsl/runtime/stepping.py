@@ -7,7 +7,9 @@ Kept apart from the engine so that the order of these sub-steps is written down 
    other problem's buffers protected;
 3. the gradient with respect to the problem's parameters, hypergradients through every lower
    included (:func:`mlodsl.runtime.hypergrad.chain.total_gradient`);
-4. gradient clipping, the optimizer step, ``param_callback``/``after_step``, the scheduler.
+4. ``Engine.before_optimizer_step`` (gradients averaged across ranks, fp16 unscaling),
+   gradient clipping, the divergence guard (``Engine.allow_step``: a skipped step changes no
+   parameter), the optimizer step, ``param_callback``/``after_step``, the scheduler.
 
 A problem whose steps an upper differentiates through (``unroll``, or an ``IterativeProblem``)
 takes step 4 differentiably on "fast" weights; they are written back to the live parameters
@@ -29,13 +31,21 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     """Take one optimization step of ``problem``; return its (last) loss, not detached."""
     accum = max(int(getattr(problem, "grad_accum", None) or problem.config.gradient_accumulation), 1)
     differentiable = engine.is_unrolled(problem.name)
+    first_order = False
+    if differentiable:  # unroll's options: first-order steps, activation checkpointing
+        from mlodsl.runtime.hypergrad.unroll import take_checkpointed_step, unroll_settings
+        first_order, checkpointed = unroll_settings(engine, problem.name)
+        if checkpointed and not first_order:
+            return take_checkpointed_step(engine, problem, batch)
     total: list[torch.Tensor] | None = None
     loss = None
     for _ in range(accum):
         current = problem.next_batch() if batch is None else batch
         loss, metrics = engine.evaluate_loss(problem, current, own_step=True, with_metrics=True)
         engine.watch_finite(problem, loss)
-        grads = total_gradient(engine, problem, loss, create_graph=differentiable)
+        # fp16: the loss is scaled so that the whole total gradient is (precision.py).
+        grads = total_gradient(engine, problem, engine.precision.scale_loss(problem, loss),
+                               create_graph=differentiable and not first_order)
         if accum > 1:
             grads = [g / accum for g in grads]
         total = grads if total is None else [a + b for a, b in zip(total, grads)]
@@ -44,21 +54,25 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     problem._count += 1
 
     if differentiable:
-        _differentiable_update(engine, problem, total)
+        _differentiable_update(engine, problem, total, loss)
     else:
-        _optimizer_update(engine, problem, total)
+        _optimizer_update(engine, problem, total, loss)
     return loss
 
 
-def _optimizer_update(engine, problem, grads: list[torch.Tensor]) -> None:
+def _optimizer_update(engine, problem, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
     params = problem.trainable_parameters()
     for p, g in zip(params, grads):
         p.grad = g.detach() if g.requires_grad else g
+    # Average across ranks and unscale first: clipping and the guard see the true gradient.
+    engine.before_optimizer_step(problem)
     clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
     if clip and clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
-    engine.before_optimizer_step(problem)
-    problem.optimizer.step()
+    if not engine.allow_step(problem, loss, [p.grad for p in params]):
+        problem.optimizer.zero_grad(set_to_none=True)
+        return
+    engine.precision.step(problem)
     problem.optimizer.zero_grad(set_to_none=True)
     _after_update(problem, params)
     _scheduler_step(engine, problem)
@@ -80,7 +94,7 @@ def _scheduler_step(engine, problem) -> None:
     sched.step()
 
 
-def _differentiable_update(engine, problem, grads: list[torch.Tensor]) -> None:
+def _differentiable_update(engine, problem, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
     try:
         from mlodsl.runtime.optim import make_differentiable
     except ModuleNotFoundError as err:  # pragma: no cover - the optim module ships with unroll
@@ -88,11 +102,14 @@ def _differentiable_update(engine, problem, grads: list[torch.Tensor]) -> None:
     if problem._fast is None:
         problem._fast = problem.trainable_parameters()
         problem._diffopt = make_differentiable(problem.optimizer, problem.trainable_parameters())
+    grads = engine.average_across_ranks(grads)
     clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
     if clip and clip > 0:
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
         grads = [g * scale for g in grads]
+    if not engine.allow_step(problem, loss, grads):
+        return
     problem._fast = problem._diffopt.step(problem._fast, grads)
     _scheduler_step(engine, problem)
 
