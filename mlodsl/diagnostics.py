@@ -112,6 +112,20 @@ def _source_line(sources: Mapping[str, str], file: str | None, line: int) -> str
     return None
 
 
+_MAX_SHOWN = 120  # longest source line shown whole under a diagnostic
+
+
+def _clip(text: str, column: int) -> tuple[str, int]:
+    """A window of a very long source line around ``column`` (and the column within it)."""
+    if len(text) <= _MAX_SHOWN:
+        return text, column
+    first = max(column - 1 - _MAX_SHOWN // 3, 0)
+    window = text[first:first + _MAX_SHOWN]
+    prefix = "..." if first > 0 else ""
+    suffix = "..." if first + _MAX_SHOWN < len(text) else ""
+    return prefix + window + suffix, column - first + len(prefix)
+
+
 def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
     """Render diagnostics like a compiler: headline, source line, caret line, hint line."""
     out: list[str] = []
@@ -121,8 +135,9 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
             text = _source_line(sources, d.file, d.span.line)
             if text is not None:
                 text = text.expandtabs(1)
-                out.append("    " + text)
                 start = max(d.span.column, 1)
+                text, start = _clip(text, start)
+                out.append("    " + text)
                 if d.span.end_line == d.span.line:
                     width = max(d.span.end_column - d.span.column, 1)
                 else:

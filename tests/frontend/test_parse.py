@@ -179,3 +179,11 @@ def test_huge_integer_literal():
 
 def test_bom_and_crlf():
     assert parse("\ufefflet x = 1\r\nlet y = 2\r\n") == parse("let x = 1\nlet y = 2\n")
+
+
+def test_very_long_lines_are_clipped_in_rendering():
+    with pytest.raises(MLOError) as info:
+        parse("let x = 1 " + " " * 300 + "$", "w.mlo")
+    lines = info.value.render(info.value.sources).splitlines()
+    assert len(lines[1]) < 140 and lines[1].startswith("    ...")
+    assert lines[2].index("^") == lines[1].index("$")
