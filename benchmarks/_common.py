@@ -150,9 +150,11 @@ class TimedLoader(torch.utils.data.DataLoader):
 
     Batches are gathered with one indexing operation (a ``BatchSampler`` as the sampler and
     ``batch_size=None``), so loading costs little next to the model. Each batch handed out
-    appends ``time.perf_counter()`` to :attr:`stamps`. Used as the *upper* problem's loader,
-    the k-th stamp marks the start of the k-th upper step, i.e. the boundary between MLO
-    iterations, whatever the library does inside ``Engine.run()``.
+    appends ``time.perf_counter()`` to :attr:`stamps` and ``time.process_time()`` (the CPU
+    time of the whole process) to :attr:`cpu_stamps`. Used as the *upper* problem's loader, the
+    k-th stamp marks the start of the k-th upper step, i.e. the boundary between MLO
+    iterations, whatever the library does inside ``Engine.run()``. CPU time is the steadier
+    measure on a shared machine: time spent waiting for a core is not counted.
     """
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int, seed: int):
@@ -162,17 +164,21 @@ class TimedLoader(torch.utils.data.DataLoader):
             torch.utils.data.RandomSampler(dataset, generator=gen), batch_size, drop_last=True)
         super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []
 
     def __iter__(self):
         for batch in super().__iter__():
             self.stamps.append(time.perf_counter())
+            self.cpu_stamps.append(time.process_time())
             yield batch
 
-    def seconds_per_batch(self, skip: int, count: int) -> float | None:
-        """Mean seconds between stamp ``skip`` and stamp ``skip + count``, or None if missing."""
-        if len(self.stamps) < skip + count + 1:
+    def seconds_per_batch(self, skip: int, count: int, cpu: bool = False) -> float | None:
+        """Mean seconds (wall, or process CPU with ``cpu``) between stamp ``skip`` and stamp
+        ``skip + count``, or None if there are not that many stamps."""
+        stamps = self.cpu_stamps if cpu else self.stamps
+        if len(stamps) < skip + count + 1:
             return None
-        return (self.stamps[skip + count] - self.stamps[skip]) / count
+        return (stamps[skip + count] - stamps[skip]) / count
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -288,19 +294,24 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
         result["version"] = library_version(library)
         gc.collect()
         rss_before = peak_rss_mb()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         engine.run()
         result["seconds_total"] = time.perf_counter() - t0
+        result["cpu_seconds_total"] = time.process_time() - c0
         result["peak_rss_mb"] = peak_rss_mb()
         result["peak_rss_delta_mb"] = result["peak_rss_mb"] - rss_before
         spi = upper_loader.seconds_per_batch(args.warmup, args.iters)
         result["upper_steps_seen"] = len(upper_loader.stamps)
+        cpi = upper_loader.seconds_per_batch(args.warmup, args.iters, cpu=True)
         if spi is None:  # the library drew fewer upper batches than expected: fall back
-            spi = result["seconds_total"] / (total_engine_iters(args) / args.unroll)
+            n = total_engine_iters(args) / args.unroll
+            spi, cpi = result["seconds_total"] / n, result["cpu_seconds_total"] / n
             result["timing"] = "total/iterations (upper loader stamps missing)"
         else:
             result["timing"] = "upper-loader stamps"
         result["seconds_per_iter"] = spi
+        result["cpu_seconds_per_iter"] = cpi
+        result["loadavg"] = os.getloadavg()[0]  # how busy the machine was (1-minute average)
         result.update(evaluate(classifier, x_test, y_test))
     except Exception as exc:  # report the failure as data: "library X cannot run this"
         result["error"] = error_string(exc)
