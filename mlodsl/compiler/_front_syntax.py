@@ -102,7 +102,9 @@ def syntax_diagnostic(err: UnexpectedInput, file: str, text: str,
             hint = "comparisons are not part of .mlo expressions"
         else:
             message = f"unexpected character {_printable(ch)}"
-            if ch and not ch.isascii():
+            if ch == ":":
+                hint = "slices and dicts are not part of .mlo expressions"
+            elif ch and not ch.isascii():
                 hint = "names and operators are ASCII; non-ASCII text belongs in strings"
         return Diagnostic(file, span, "error", message, hint)
 

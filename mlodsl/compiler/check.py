@@ -269,12 +269,11 @@ class _Checker:
                 self.error(f.name_span, f"unknown field '{f.name}' in {where}", hint)
             batch: tuple[str, ...] = ()
             if f.params is not None:
-                if spec is None or not spec.params:
-                    if spec is not None:
-                        self.error(f.name_span, f"field '{f.name}' takes no parameters",
-                                   "only 'loss(a, b) = ...' names the parts of the batch")
-                else:
-                    batch = self.check_params(f, problem)
+                if spec is not None and not spec.params:
+                    self.error(f.name_span, f"field '{f.name}' takes no parameters",
+                               "only 'loss(a, b) = ...' names the parts of the batch")
+                # Even on a wrong field the parameters are in scope: one error is enough.
+                batch = self.check_params(f, problem)
             scope = _Scope(self, batch=batch, problems=True)
             if spec is not None and spec.kind == "method":
                 for arg in _method_arguments(f.value):  # the method name is not a Python name
@@ -433,7 +432,10 @@ class _Scope:
 
     def report_unknown(self, checker: _Checker, node: ir.Name):
         name = node.name
-        if self.let_index is not None and name in checker.lets:
+        current = checker.let_list[self.let_index] if self.let_index is not None else None
+        if current is not None and name == current.name:
+            checker.error(node.span, f"let '{name}' refers to itself")
+        elif self.let_index is not None and name in checker.lets:
             line = checker.lets[name].name_span.line
             checker.error(node.span, f"let '{name}' is used before it is defined",
                           f"'{name}' is defined at line {line}; a let sees only the lets "
