@@ -1,7 +1,11 @@
-"""The diagnostics of a .mlo file as golden-file lines: ``LINE:COL: severity: message``.
+"""The front end's test corpus: where the programs are, and their golden diagnostics.
 
-Run as a script to (re)write the ``.expected`` file next to each bad program:
-``python3 tests/frontend/_golden.py`` (review the diff before committing it).
+A golden line is ``LINE:COL: severity: message``. Run as a script to (re)write the
+``.expected`` file next to each bad program: ``python3 tests/frontend/_front_corpus.py``
+(review the diff before committing it).
+
+(Named uniquely rather than kept in conftest.py: several test folders have a conftest.py,
+and only one module can be called ``conftest`` at a time.)
 """
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ if str(ROOT) not in sys.path:
 from mlodsl.compiler.check import check  # noqa: E402
 from mlodsl.compiler.parse import parse  # noqa: E402
 from mlodsl.diagnostics import MLOError  # noqa: E402
+
+PROGRAMS = ROOT / "tests" / "programs"
+GOOD = sorted((PROGRAMS / "good").glob("*.mlo"))
+BAD = sorted((PROGRAMS / "bad").glob("*.mlo"))
 
 
 def diagnostics_of(path: Path):

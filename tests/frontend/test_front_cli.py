@@ -10,7 +10,7 @@ import pytest
 
 from mlodsl.cli import main
 
-from conftest import BAD, GOOD, ROOT
+from _front_corpus import BAD, GOOD, ROOT
 
 HPO = ROOT / "tests/programs/good/hpo.mlo"
 

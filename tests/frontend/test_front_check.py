@@ -11,7 +11,7 @@ from mlodsl.compiler.check import check, dependency_graph, errors, levels, loss_
 from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS, required_fields
 from mlodsl.compiler.parse import parse
 
-from conftest import ROOT
+from _front_corpus import ROOT
 
 HPO = (ROOT / "tests/programs/good/hpo.mlo").read_text()
 

@@ -11,8 +11,7 @@ from mlodsl.compiler.check import check
 from mlodsl.compiler.fmt import format_program
 from mlodsl.compiler.parse import parse
 
-from _golden import golden_lines
-from conftest import BAD, GOOD, ROOT
+from _front_corpus import BAD, GOOD, ROOT, golden_lines
 
 
 def test_corpus_sizes():

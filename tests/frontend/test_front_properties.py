@@ -16,7 +16,7 @@ from mlodsl.compiler.fmt import format_program
 from mlodsl.compiler.parse import parse
 from mlodsl.diagnostics import Diagnostic, MLOError
 
-from conftest import GOOD
+from _front_corpus import GOOD
 
 SOURCES = [p.read_text() for p in GOOD]
 TOKEN = re.compile(r"\s+|#[^\n]*|\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z_]\w*|\d[\d_.eE+-]*|\*\*|.", re.S)

@@ -7,7 +7,7 @@ from mlodsl.compiler import ir
 from mlodsl.compiler.parse import MAX_SOURCE_BYTES, parse, parse_expression
 from mlodsl.diagnostics import MLOError, Span
 
-from conftest import ROOT
+from _front_corpus import ROOT
 
 
 def errors_of(src) -> list[str]:
