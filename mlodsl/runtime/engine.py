@@ -517,15 +517,16 @@ class Engine:
         skips the step (no parameter update, no scheduler step) and logs it.
         """
         scaled = self.precision.scaler(problem) is not None  # the scaler skips inf steps itself
-        flags = [] if scaled or not grads else [
-            torch.isfinite(torch.stack(torch._foreach_norm([g.detach() for g in grads]))).all()]
+        # One norm per tensor (a fused kernel): non-finite exactly when an entry is.
+        norms = None if scaled or not grads else torch.stack(
+            torch._foreach_norm([g.detach() for g in grads]))
         if self.config.on_nan == "stop":
-            if flags:
-                self._pending_checks.append((problem.name, "gradient", flags[0]))
+            if norms is not None:
+                self._pending_checks.append((problem.name, "gradient", norms))
             return True
         ok = torch.isfinite(loss.detach()).all()
-        if flags:
-            ok = ok & flags[0]
+        if norms is not None:
+            ok = ok & torch.isfinite(norms).all()
         if bool(ok):
             return True
         self.history.info(f"skipped a step of problem '{problem.name}' at iteration "
