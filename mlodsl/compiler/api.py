@@ -1,0 +1,98 @@
+"""``mlodsl.compile``: from a ``.mlo`` path or source text to an :class:`ExecutionPlan`.
+
+Example::
+
+    import mlodsl
+    plan = mlodsl.compile("examples/hpo/hpo.mlo", overrides={"engine.iterations": 200})
+    history = plan.run()
+    net = plan.problems["classifier"].module
+
+    # In a notebook: bind Python objects instead of importing them.
+    plan = mlodsl.compile(source_text, namespace={"Net": Net, "train_set": ds})
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable, Mapping
+
+from mlodsl.compiler import ir
+from mlodsl.diagnostics import MLOError
+
+__all__ = ["compile", "load_program"]
+
+
+def _read(path_or_source: str | os.PathLike) -> tuple[str, str]:
+    """``(file label, text)``: a path when it ends with ``.mlo`` or names a file, else source."""
+    from mlodsl.compiler._front_files import read_source
+    from mlodsl.compiler.parse import decode_source
+
+    s = os.fspath(path_or_source)
+    is_path = isinstance(path_or_source, os.PathLike) or s.endswith(".mlo") or (
+        "\n" not in s and len(s) < 4096 and os.path.isfile(s))
+    if not is_path:
+        return "<string>", decode_source(s, "<string>")
+    data, problem = read_source(s)
+    if problem is not None:
+        raise MLOError(problem)
+    return s, decode_source(data, s)
+
+
+def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
+                 namespace: Mapping[str, Any] | None = None):
+    """Parse, apply overrides and check: ``(program, sources, warnings)``. Raises MLOError."""
+    from mlodsl.compiler.check import check, errors
+    from mlodsl.compiler.interpret import SourceMap
+    from mlodsl.compiler.overrides import apply_overrides, from_mapping, relocate
+    from mlodsl.compiler.parse import parse
+    from mlodsl.compiler.resolve import NAMESPACE_MODULE
+
+    file, text = _read(path_or_source)
+    sources = SourceMap(file, text)
+    program = parse(text, file)
+    if namespace:
+        bad = [n for n in namespace if not isinstance(n, str) or not n.isidentifier()]
+        if bad:
+            raise MLOError(f"namespace keys must be identifiers, got {bad!r}")
+        fake = ir.Import(NAMESPACE_MODULE, tuple(ir.ImportName(n) for n in namespace))
+        program = dataclasses.replace(program, items=(fake, *program.items))
+    before = check(program)
+    try:
+        ovs = from_mapping(overrides)
+    except MLOError as err:
+        err.sources = {**sources.sources, **getattr(err, "sources", {})}
+        raise
+    if ovs:
+        program = apply_overrides(program, ovs, sources)
+        diags = relocate(check(program), before, file, ovs)
+    else:
+        diags = before
+    if errors(diags):
+        err = MLOError(diags)
+        err.sources = dict(sources.sources)
+        raise err
+    return program, sources, [d for d in diags if d.severity != "error"]
+
+
+def compile(path_or_source: str | os.PathLike,  # noqa: A001 - the public name
+            overrides: Mapping[str, Any] | Iterable[str] | None = None,
+            namespace: Mapping[str, Any] | None = None):
+    """Compile a ``.mlo`` program to an :class:`~mlodsl.compiler.plan.ExecutionPlan`.
+
+    Args:
+        path_or_source: a path (ends with ``.mlo`` or names an existing file) or source text.
+        overrides: ``{"engine.iterations": 30, "hpo.optimizer.lr": 1e-4}`` (literal values), or
+            a list of ``"TARGET=EXPRESSION"`` strings as for ``mlodsl run --set``.
+        namespace: names bound to Python objects, in scope like imports (they shadow imports
+            of the same name).
+
+    Raises :class:`~mlodsl.diagnostics.MLOError` (with ``.sources`` for rendering) for any
+    error in the program, its overrides, its imports or the user code its fields call.
+    """
+    from mlodsl.compiler.lower import lower
+
+    program, sources, warnings = load_program(path_or_source, overrides, namespace)
+    plan = lower(program, sources, dict(namespace or {}))
+    plan.warnings[:0] = warnings
+    return plan
+

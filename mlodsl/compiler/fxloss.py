@@ -1,0 +1,334 @@
+"""Losses as ``torch.fx`` graphs: built from ``loss(...) = expr``, or traced from a callable.
+
+**Expression losses.** :func:`build_loss_graph` lowers the IR of ``loss(x, y) = expr`` to a
+``torch.fx.GraphModule`` whose root holds every problem's module as a submodule named after
+the problem (the same module objects, so the runtime's functional parameter substitution
+reaches them). The nodes:
+
+* ``placeholder`` - one per batch name, in order;
+* ``call_module`` - ``classifier(x)`` (target ``"classifier"``), or ``classifier.fc0(x)``;
+* ``get_attr`` - ``classifier.fc0.weight``, or a bare problem name passed to a function (the
+  problem's module: ``weighted_l2(classifier, hpo())``), or a constant too rich to print
+  into the graph's code (a tensor, a data set);
+* ``call_function`` - imported functions, built-ins and operators (``operator.add``, ...);
+* ``call_method`` - methods of values computed in the graph (``(w * l).mean()``).
+
+Sub-expressions that read neither a batch name nor a problem are evaluated once, when the
+graph is built (``F.cross_entropy`` is the function itself; ``digits(split="val")`` a data
+set). Each node's ``meta["mlo_span"]`` is its position in the ``.mlo`` file: an exception
+inside the graph is reported there (:func:`locate_failure`).
+
+**Callable losses.** :func:`traced_reads` runs ``f(problems, batch)`` under
+``make_fx`` as a function of every problem's parameters (substituted functionally, as the
+runtime does) and returns the problems whose parameters the loss actually uses.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from mlodsl.compiler import ir
+from mlodsl.compiler.interpret import BINARY_OPS, UNARY_OPS, Interpreter, is_dunder
+
+__all__ = ["build_loss_graph", "graph_reads", "locate_failure", "traced_reads",
+           "unpack_batch"]
+
+_LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
+
+
+@dataclass(frozen=True)
+class _ProblemPath:
+    """A problem's module, or a path of attributes into it (not yet a graph node)."""
+
+    problem: str
+    attrs: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        return ".".join((self.problem, *self.attrs))
+
+
+@dataclass(frozen=True)
+class _Static:
+    """A value known when the graph is built."""
+
+    value: Any
+
+
+def _call(fn, *args, **kwargs):
+    """Call a value computed in the graph (``f(x)(y)``)."""
+    return fn(*args, **kwargs)
+
+
+class _GraphBuilder:
+    """Walks one loss expression and emits its fx nodes (one method per kind of IR node)."""
+
+    def __init__(self, interp: Interpreter, modules: Mapping[str, nn.Module],
+                 params: Sequence[str]):
+        self.interp = interp
+        self.modules = modules
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        for name, module in modules.items():
+            self.root.add_module(name, module)
+        self.inputs = {name: self.graph.placeholder(name) for name in params}
+        for name, node in self.inputs.items():
+            node.meta["mlo_span"] = None
+        self.dynamic = set(params) | set(modules)
+        self._consts = 0
+        self._current: ir.Expr | None = None
+
+    # -- driver ----------------------------------------------------------------------------
+    def visit(self, node: ir.Expr) -> Any:
+        if not any(isinstance(n, ir.Name) and n.name in self.dynamic for n in ir.iter_expr(node)):
+            return _Static(self.interp.run(node))
+        outer, self._current = self._current, node
+        try:
+            if isinstance(node, ir.Name):
+                return self.inputs[node.name] if node.name in self.inputs else \
+                    _ProblemPath(node.name)
+            if isinstance(node, ir.Attribute):
+                return self.attribute(node)
+            if isinstance(node, ir.Call):
+                return self.call(node)
+            if isinstance(node, ir.Index):
+                return self.emit("call_function", operator.getitem,
+                                 (self.value(node.value), self.value(node.index)))
+            if isinstance(node, ir.UnaryOp):
+                return self.emit("call_function", UNARY_OPS[node.op], (self.value(node.operand),))
+            if isinstance(node, ir.BinOp):
+                return self.emit("call_function", BINARY_OPS[node.op],
+                                 (self.value(node.left), self.value(node.right)))
+            if isinstance(node, (ir.ListExpr, ir.TupleExpr)):
+                items = [self.value(i) for i in node.items]
+                return items if isinstance(node, ir.ListExpr) else tuple(items)
+            raise self.interp.error(node, f"cannot use a {type(node).__name__} in a loss")
+        finally:
+            self._current = outer
+
+    def value(self, node: ir.Expr) -> Any:
+        """``node`` as something an fx node may take as an argument."""
+        return self.materialize(self.visit(node))
+
+    def materialize(self, v: Any) -> Any:
+        if isinstance(v, _ProblemPath):
+            return self.emit("get_attr", v.target)
+        if isinstance(v, _Static):
+            return self.constant(v.value)
+        return v
+
+    def constant(self, value: Any) -> Any:
+        """Literals go into the graph's code; anything else becomes a ``get_attr``."""
+        if _printable(value):
+            return value
+        name = f"_mlo_const{self._consts}"
+        self._consts += 1
+        setattr(self.root, name, value)
+        return self.emit("get_attr", name)
+
+    def emit(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> fx.Node:
+        node = self.graph.create_node(op, target, args, kwargs or {})
+        if self._current is not None:
+            node.meta["mlo_span"] = self._current.span
+            node.meta["mlo_file"] = self.interp.sources.file_of(self._current)
+        return node
+
+    # -- the kinds of node that need thought --------------------------------------------------
+    def attribute(self, node: ir.Attribute) -> Any:
+        if is_dunder(node.attr):
+            raise self.interp.error(node, f"dunder attribute '{node.attr}' is not allowed")
+        base = self.visit(node.value)
+        if isinstance(base, _ProblemPath):
+            if node.attr == "module" and not base.attrs:
+                return base  # classifier.module is the module itself
+            path = _ProblemPath(base.problem, base.attrs + (node.attr,))
+            self._check_path(path, node)
+            return path
+        return self.emit("call_function", getattr, (self.materialize(base), node.attr))
+
+    def call(self, node: ir.Call) -> Any:
+        args = tuple(self.value(a) for a in node.args)
+        kwargs = {kw.name: self.value(kw.value) for kw in node.kwargs}
+        func = node.func
+        if isinstance(func, ir.Attribute) and not self.interp.is_static(func.value):
+            base = self.visit(func.value)
+            if not isinstance(base, _ProblemPath):  # a method of a value computed in the graph
+                return self.emit("call_method", func.attr, (self.materialize(base), *args), kwargs)
+        f = self.visit(func)
+        if isinstance(f, _ProblemPath):
+            obj = self._resolve(f)
+            if isinstance(obj, nn.Module):
+                return self.emit("call_module", f.target, args, kwargs)
+            if f.attrs:  # a method of the module or of one of its tensors
+                owner = _ProblemPath(f.problem, f.attrs[:-1])
+                return self.emit("call_method", f.attrs[-1],
+                                 (self.materialize(owner), *args), kwargs)
+            raise self.interp.error(node.func, f"'{f.target}' is not callable")
+        if isinstance(f, _Static):
+            if not callable(f.value):
+                raise self.interp.error(node.func, f"'{type(f.value).__name__}' object is not "
+                                        "callable")
+            return self.emit("call_function", f.value, args, kwargs)
+        return self.emit("call_function", _call, (f, *args), kwargs)
+
+    def _resolve(self, path: _ProblemPath) -> Any:
+        obj = self.modules[path.problem]
+        for a in path.attrs:
+            obj = getattr(obj, a)
+        return obj
+
+    def _check_path(self, path: _ProblemPath, node: ir.Attribute) -> None:
+        try:
+            self._resolve(path)
+        except AttributeError:
+            parent = self._resolve(_ProblemPath(path.problem, path.attrs[:-1]))
+            from mlodsl.diagnostics import did_you_mean
+            public = [n for n in dir(parent) if not n.startswith("_")]
+            raise self.interp.error(
+                node, f"the module of '{path.problem}' has no attribute "
+                f"'{'.'.join(path.attrs)}'", did_you_mean(node.attr, public),
+                span=node.attr_span if node.attr_span != ir.NO_SPAN else None) from None
+
+
+def _printable(value: Any) -> bool:
+    """Whether fx can write ``value`` into the generated code as a literal."""
+    if isinstance(value, _LITERALS):
+        return not isinstance(value, float) or value == value and abs(value) != float("inf")
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return all(_printable(v) for v in value)
+    if type(value) is dict:
+        return all(isinstance(k, str) and _printable(v) for k, v in value.items())
+    return False
+
+
+def build_loss_graph(field: ir.Field, interp: Interpreter,
+                     modules: Mapping[str, nn.Module]) -> fx.GraphModule:
+    """The ``GraphModule`` of ``loss(a, b, ...) = expr`` (see the module docstring).
+
+    ``interp`` evaluates the static sub-expressions (its scope must not hold the batch names or
+    the problems); ``modules`` are the problems' modules by problem name.
+    """
+    b = _GraphBuilder(interp, modules, field.params or ())
+    out = b.value(field.value)
+    b.graph.output(out)
+    gm = fx.GraphModule(b.root, b.graph, class_name="Loss")
+    # GraphModule copies what get_attr/call_module name; a dotted target may have created a
+    # fresh container on the way. Re-attach the problems' own modules, so every path in the
+    # graph reaches the live (and functionally substituted) parameters.
+    for name, module in modules.items():
+        setattr(gm, name, module)
+    return gm
+
+
+def graph_reads(gm: fx.GraphModule, problems: Sequence[str]) -> list[str]:
+    """The problems a loss graph reads (calls or reaches into), in ``problems`` order."""
+    used = {str(n.target).split(".")[0] for n in gm.graph.nodes
+            if n.op in ("call_module", "get_attr")}
+    return [p for p in problems if p in used]
+
+
+_ASSIGN = re.compile(r"^\s*(\w+)\s*=")
+
+
+def locate_failure(gm: fx.GraphModule, tb) -> fx.Node | None:
+    """The graph node whose line of generated code raised, from a traceback; or None."""
+    lineno = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<eval_with_key>"):
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    if lineno is None:
+        return None
+    lines = gm.code.splitlines()
+    if not 1 <= lineno <= len(lines):
+        return None
+    m = _ASSIGN.match(lines[lineno - 1])
+    if m is None:
+        return None
+    for node in gm.graph.nodes:
+        if node.name == m.group(1):
+            return node
+    return None
+
+
+def unpack_batch(batch: Any, names: Sequence[str]) -> list[Any]:
+    """The values of a loss's batch names, from one batch (see docs/language.md).
+
+    One name: the whole batch (a one-element tuple or list is unwrapped). Several names: the
+    batch's items in order (a tuple or list of exactly that length), or, for a dict batch, the
+    entries with those keys.
+    """
+    if isinstance(batch, Mapping):
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise ValueError(f"the batch is a dict with keys {sorted(batch)}, but the loss "
+                             f"names {', '.join(missing)}")
+        return [batch[n] for n in names]
+    if len(names) == 1:
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            return [batch[0]]
+        return [batch]
+    if not isinstance(batch, (list, tuple)):
+        raise ValueError(f"the loss names {len(names)} parts of the batch "
+                         f"({', '.join(names)}), but a batch is a {type(batch).__name__}")
+    if len(batch) != len(names):
+        raise ValueError(f"the loss names {len(names)} parts of the batch "
+                         f"({', '.join(names)}), but a batch has {len(batch)}")
+    return list(batch)
+
+
+def traced_reads(fn: Any, problems: Mapping[str, Any], batch: Any) -> list[str]:
+    """The problems whose parameters ``fn(problems, batch)`` reads, by tracing it with fx.
+
+    ``problems`` maps names to runtime ``Problem`` objects. The loss is traced with
+    ``make_fx`` as a function of every problem's trainable parameters, substituted in the
+    modules with :func:`mlodsl.runtime.functional.substitute` (buffers protected, so tracing
+    changes no running statistic); a parameter placeholder with a user is a read.
+    """
+    from types import SimpleNamespace
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mlodsl.runtime.functional import ModuleView, substitute
+
+    names = list(problems)
+    keys = {n: [k for k, p in problems[n].module.named_parameters() if p.requires_grad]
+            for n in names}
+    flat = [p.detach() for n in names for k, p in problems[n].module.named_parameters()
+            if p.requires_grad]
+    spaces = SimpleNamespace(**problems)
+
+    def run(params, batch):
+        views, i = [], 0
+        for n in names:
+            mapping = dict(zip(keys[n], params[i:i + len(keys[n])]))
+            i += len(keys[n])
+            views.append((problems[n].module, ModuleView(mapping, protect_buffers=True)))
+        with substitute(views):
+            out = fn(spaces, batch)
+        if isinstance(out, Mapping):
+            out = out["loss"]
+        return out
+
+    rng = torch.get_rng_state()
+    try:
+        gm = make_fx(run)(flat, batch)
+    finally:
+        torch.set_rng_state(rng)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][:len(flat)]
+    reads, i = [], 0
+    for n in names:
+        mine = placeholders[i:i + len(keys[n])]
+        i += len(keys[n])
+        if any(len(p.users) for p in mine):
+            reads.append(n)
+    return reads
+
+
