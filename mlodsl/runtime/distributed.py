@@ -37,13 +37,21 @@ def is_active() -> bool:
 
 
 def rank() -> int:
-    """This process's global rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's global rank: the group's, else torchrun's ``RANK`` (0 when neither).
+
+    The environment counts too because data loaders are built before the engine joins the
+    process group (:func:`mlodsl.runtime.data.make_loader` shards by it).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
-    """Number of processes (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Number of processes: the group's, else torchrun's ``WORLD_SIZE`` (1 when neither)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:
