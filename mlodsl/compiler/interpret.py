@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 from mlodsl.compiler import ir
 from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
 
-__all__ = ["Scope", "SourceMap", "Interpreter", "BINARY_OPS", "UNARY_OPS", "is_dunder",
+__all__ = ["Scope", "SourceMap", "Interpreter", "BINARY_OPS", "UNARY_OPS", "is_dunder", "summarize",
            "user_frame", "describe_exception"]
 
 BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -51,10 +51,19 @@ def is_dunder(name: str) -> bool:
 
 
 def user_frame(tb) -> str | None:
-    """``file:line (function)`` of the innermost traceback frame outside mlodsl, or None."""
+    """``file:line (in function)`` of the innermost traceback frame in the user's code, or None.
+
+    Frames of mlodsl, of the standard library and of installed packages (torch, ...) are
+    skipped: the user wants to know which line of *their* code failed.
+    """
+    import sysconfig
+    skip = {os.path.abspath(p) + os.sep for p in (
+        _MLODSL_DIR, sysconfig.get_paths().get("stdlib", ""),
+        sysconfig.get_paths().get("purelib", ""), sysconfig.get_paths().get("platlib", ""))
+        if p}
     frames = [f for f in traceback.extract_tb(tb)
-              if not os.path.abspath(f.filename).startswith(_MLODSL_DIR)
-              and not f.filename.startswith("<")]
+              if not f.filename.startswith("<")
+              and not any(os.path.abspath(f.filename).startswith(s) for s in skip)]
     if not frames:
         return None
     f = frames[-1]
@@ -283,11 +292,17 @@ class Interpreter:
         """An MLOError at ``node`` (program errors: exit status 2)."""
         return self.sources.error(node, message, hint, span=span)
 
-    def user_error(self, node: ir.Expr, err: Exception) -> MLOError:
-        """The diagnostic for an exception raised by user code while evaluating ``node``."""
+    def user_error(self, node: ir.Expr, err: Exception, subject: ir.Expr | None = None
+                   ) -> MLOError:
+        """The diagnostic for an exception raised by user code while evaluating ``node``.
+
+        ``subject`` names the expression that failed when it is not ``node`` itself (an
+        optimizer call failing because of one overridden argument is reported there).
+        """
         what = f"{self.what}: " if self.what else ""
         frame = user_frame(err.__traceback__)
-        return self.error(node, f"{what}{_summary(node)} failed: {describe_exception(err)}",
+        name = summarize(subject if subject is not None else node)
+        return self.error(node, f"{what}{name} failed: {describe_exception(err)}",
                           f"raised at {frame}" if frame else None)
 
 
@@ -305,7 +320,7 @@ def _type_name(value: Any) -> str:
         f"class '{value.__name__}'"
 
 
-def _summary(node: ir.Expr) -> str:
+def summarize(node: ir.Expr) -> str:
     """A short spelling of ``node`` for messages (``digits(...)``, ``a + b``)."""
     if isinstance(node, ir.Name):
         return f"'{node.name}'"

@@ -118,14 +118,15 @@ class _Lowering:
             layers.insert(0, problems)
         return Interpreter(Scope(*layers, dynamic=problems or ()), self.sources, what, cache)
 
-    def guard(self, interp: Interpreter, node: Any, thunk: Callable[[], Any]) -> Any:
+    def guard(self, interp: Interpreter, node: Any, thunk: Callable[[], Any],
+              subject: Any = None) -> Any:
         """Run ``thunk`` (user code on evaluated values); failures are reported at ``node``."""
         try:
             return thunk()
         except MLOError:
             raise
         except Exception as err:  # noqa: BLE001 - one clear message at the .mlo position
-            raise interp.user_error(node, err) from None
+            raise interp.user_error(node, err, subject) from None
 
     def field(self, name: str, problem: ir.Problem | None = None) -> ir.Field | None:
         block = problem if problem is not None else self.engine
@@ -269,7 +270,10 @@ class _Lowering:
             if isinstance(func, type) and issubclass(func, base):
                 args = [interp.run(a) for a in expr.args]
                 kwargs = {kw.name: interp.run(kw.value) for kw in expr.kwargs}
-                return self.guard(interp, expr, lambda: func(first, *args, **kwargs))
+                # A failure caused by an overridden argument is reported at the override.
+                where = next((a for a in (*expr.args, *(kw.value for kw in expr.kwargs))
+                              if self.sources.file_of(a) != self.sources.default), expr)
+                return self.guard(interp, where, lambda: func(first, *args, **kwargs), expr)
         value = interp.run(expr)
         if isinstance(value, base):
             return value

@@ -216,4 +216,4 @@ def from_mapping(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[Ov
         return [override_from_value(k, v) for k, v in overrides.items()]
     if isinstance(overrides, str):
         overrides = [overrides]
-    return [parse_override(t) for t in overrides]
+    return [t if isinstance(t, Override) else parse_override(t) for t in overrides]
