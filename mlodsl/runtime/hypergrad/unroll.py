@@ -43,7 +43,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from mlodsl.methods import METHODS
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
@@ -79,6 +78,16 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     Same order as :func:`mlodsl.runtime.stepping.take_step` (batches, loss, total gradient,
     clipping, optimizer update, scheduler), with everything from the loss to the update
     recomputed in the upper's backward instead of stored.
+
+    A small recompute-in-backward ``autograd.Function`` (:class:`_Recompute`): the forward keeps
+    no graph, the backward recomputes the step from its inputs and differentiates it. Its inputs are therefore *every* tensor the
+    step is differentiated with respect to: the fast weights, the optimizer's carried state
+    (momentum, moments) and the other problems' current parameters (the upper's
+    hyperparameters); during the step the other problems are shown these inputs as their
+    current tensors. (``torch.utils.checkpoint`` does not fit: its non-reentrant variant
+    recomputes each step already during its own forward, because the step's inner
+    ``autograd.grad`` unpacks the saved tensors, and its reentrant variant refuses
+    ``autograd.grad``.)
     """
     from mlodsl.runtime.hypergrad.chain import total_gradient
     from mlodsl.runtime.optim import make_differentiable
@@ -92,51 +101,67 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     diffopt = problem._diffopt
     states, groups = diffopt.state, diffopt.snapshot_groups()
     clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
+    others = [o for o in engine.problems.values() if o is not problem]
+    context = [list(o.current_parameters()) for o in others]
+    state_flat = [t for st in states for t in _state_tensors(st)]
+    sizes = (len(problem._fast), len(state_flat), [len(c) for c in context])
     calls = {"n": 0}
     record: dict[str, Any] = {}
-    n_params = len(problem._fast)
 
-    def body(*fast: torch.Tensor):
+    def body(*args: torch.Tensor):
         first = calls["n"] == 0  # the recomputation must not advance buffers or counters
         calls["n"] += 1
-        saved = problem._fast
-        problem._fast = list(fast)
+        n_fast, n_state, n_ctx = sizes
+        fast, rest = list(args[:n_fast]), list(args[n_fast:])
+        flat_state, rest = rest[:n_state], rest[n_state:]
+        it = iter(flat_state)
+        in_states = [{k: (next(it) if isinstance(v, torch.Tensor) else v)
+                      for k, v in sorted(st.items())} for st in states]
+        saved = [(o, o._fast) for o in others] + [(problem, problem._fast)]
         try:
-            total = None
-            for current in batches:
-                loss, metrics = engine.evaluate_loss(problem, current, own_step=first,
-                                                     with_metrics=True)
-                grads = total_gradient(engine, problem, loss, create_graph=True)
-                if accum > 1:
-                    grads = [g / accum for g in grads]
-                total = grads if total is None else [a + b for a, b in zip(total, grads)]
-                if first:
-                    record["loss"], record["metrics"] = loss, metrics
-            average = getattr(engine, "average_across_ranks", None)
-            if average is not None:
-                total = average(total)
-            if clip and clip > 0:
-                norm = torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g) for g in total]))
-                total = [g * torch.clamp(clip / (norm + 1e-6), max=1.0) for g in total]
-            new, new_states = diffopt.apply(list(fast), total, states, groups)
+            for o, n in zip(others, n_ctx):
+                o._fast, rest = list(rest[:n]), rest[n:]
+            problem._fast = fast
+            with torch.enable_grad():
+                total = None
+                for current in batches:
+                    loss, metrics = engine.evaluate_loss(problem, current, own_step=first,
+                                                         with_metrics=True)
+                    grads = total_gradient(engine, problem, loss, create_graph=True)
+                    if accum > 1:
+                        grads = [g / accum for g in grads]
+                    total = grads if total is None else [a + b for a, b in zip(total, grads)]
+                    if first:
+                        record["loss"], record["metrics"] = loss.detach(), metrics
+                average = getattr(engine, "average_across_ranks", None)
+                if average is not None:
+                    total = average(total)
+                if clip and clip > 0:
+                    norm = torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(g) for g in total]))
+                    total = [g * torch.clamp(clip / (norm + 1e-6), max=1.0) for g in total]
+                new, new_states = diffopt.apply(fast, total, in_states, groups)
         finally:
-            problem._fast = saved
-        if first:
-            record["states"] = new_states
-        flat = [t for s in new_states for t in _state_tensors(s)]
-        return (*new, *flat)
+            for o, f in saved:
+                o._fast = f
+        if first:  # the layout only: holding the tensors would keep this step's graph alive
+            record["states"] = [{k: (None if isinstance(v, torch.Tensor) else v)
+                                 for k, v in st.items()} for st in new_states]
+            record["keys"] = [_state_keys(st) for st in new_states]
+        return (*new, *[t for st in new_states for t in _state_tensors(st)])
 
-    out = _torch_checkpoint(body, *problem._fast, use_reentrant=False)
+    inputs = [*problem._fast, *state_flat, *(t for c in context for t in c)]
+    out = _Recompute.apply(body, *inputs)
+    n_params = sizes[0]
     new_params = list(out[:n_params])
     # Re-attach the returned state tensors (the checkpoint's outputs carry the graph).
     it = iter(out[n_params:])
     new_states = []
-    for s in record["states"]:
-        s = dict(s)
-        for key in _state_keys(s):
-            s[key] = next(it)
-        new_states.append(s)
+    for st, keys in zip(record["states"], record["keys"]):
+        st = dict(st)
+        for key in keys:
+            st[key] = next(it)
+        new_states.append(st)
     loss = record["loss"]
     engine.watch_finite(problem, loss)
     problem.last_loss, problem.last_metrics = loss, record["metrics"]
@@ -146,6 +171,41 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     from mlodsl.runtime.stepping import _scheduler_step
     _scheduler_step(engine, problem)
     return loss
+
+
+class _Recompute(torch.autograd.Function):
+    """``fn(*inputs)`` whose graph is dropped after the forward and rebuilt in the backward.
+
+    The RNG state is restored for the recomputation, so dropout draws the same masks.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, *inputs):
+        ctx.fn = fn
+        ctx.rng = torch.get_rng_state()
+        ctx.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                        and torch.cuda.is_initialized() else None)
+        ctx.save_for_backward(*inputs)
+        with torch.enable_grad():
+            out = fn(*[x.detach().requires_grad_(x.requires_grad) for x in inputs])
+        return tuple(o.detach() for o in out)
+
+    @staticmethod
+    def backward(ctx, *grad_out):
+        inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
+        devices = list(range(len(ctx.cuda_rng))) if ctx.cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(ctx.rng)
+            if ctx.cuda_rng is not None:
+                torch.cuda.set_rng_state_all(ctx.cuda_rng)
+            with torch.enable_grad():
+                out = ctx.fn(*inputs)
+        pairs = [(o, g) for o, g in zip(out, grad_out) if o.requires_grad and g is not None]
+        wanted = [x for x in inputs if x.requires_grad]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted,
+                                         grad_outputs=[g for _, g in pairs],
+                                         allow_unused=True) if pairs and wanted else [])
+        return (None, *[next(grads) if x.requires_grad else None for x in inputs])
 
 
 def _state_keys(state: dict) -> list[str]:

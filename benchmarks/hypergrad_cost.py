@@ -1,0 +1,203 @@
+"""Cost of each hypergradient method on the seed's HPO program, relative to plain training.
+
+The program: a 784-200-10 MLP without bias (SGD, lr 0.01, momentum 0.9), batch 64, synthetic
+MNIST-shaped data, and an upper holding one weight-decay coefficient per weight (Adam, lr 1e-5)
+- the program of ``benchmarks/programs/hpo_mlodsl.py``.
+
+For every configuration a fresh child process (so peak memory is its own) measures, in that one
+process:
+
+* ``plain_s``: seconds per plain training step of the MLP (forward, backward, ``opt.step()``,
+  no mlodsl);
+* ``mlo_s``: seconds per MLO iteration with ``Engine`` - ``T`` lower steps then one upper step
+  with the method's hypergradient (``T = 1`` for the implicit methods, the unroll length for
+  ``unroll``);
+* ``ratio = mlo_s / plain_s``;
+* ``peak_mb``: the rise of peak memory during the MLO iterations (CPU: the process's peak RSS;
+  CUDA: ``torch.cuda.max_memory_allocated``).
+
+``reinforce`` is left out: this program's upper reaches the lower through its parameters, not
+by sampling, so the score-function estimator does not apply to it.
+
+    python benchmarks/hypergrad_cost.py            # default run, about 2 minutes on 2 cores
+    python benchmarks/hypergrad_cost.py --iters 5  # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import _common  # noqa: E402
+
+#: (label, Config fields of the upper, unroll length T)
+CONFIGS = [
+    ("first_order", dict(type="first_order"), 1),
+    ("darts", dict(type="darts"), 1),
+    ("sama", dict(type="sama"), 1),
+    ("neumann(3)", dict(type="neumann", neumann_iterations=3), 1),
+    ("cg(3)", dict(type="cg", cg_iterations=3), 1),
+    ("unroll T=1", dict(type="unroll", first_order=False), 1),
+    ("unroll T=1 ckpt", dict(type="unroll", first_order=False, unroll_checkpoint=True), 1),
+    ("unroll T=5", dict(type="unroll", first_order=False), 5),
+    ("unroll T=5 ckpt", dict(type="unroll", first_order=False, unroll_checkpoint=True), 5),
+    ("unroll T=20", dict(type="unroll", first_order=False), 20),
+    ("unroll T=20 ckpt", dict(type="unroll", first_order=False, unroll_checkpoint=True), 20),
+]
+
+
+def _child(spec: dict) -> dict:
+    """Measure one configuration (runs in its own process)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from mlodsl import Config, Engine, EngineConfig, ImplicitProblem
+
+    _common.setup_process(spec["threads"], 0)
+    x, y, _, _ = _common.synthetic_data(0)
+    device = torch.device(spec["device"])
+    x, y = x.to(device), y.to(device)
+
+    def loader(seed):
+        return _common.TimedLoader(x, y, batch_size=64, seed=seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, 200, bias=False)
+            self.fc2 = nn.Linear(200, 10, bias=False)
+
+        def forward(self, inp):
+            return F.log_softmax(self.fc2(F.relu(self.fc1(inp.view(-1, 784)))), dim=1)
+
+    class WeightDecay(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1_wdecay = nn.Parameter(torch.ones(200, 784) * 5e-4)
+            self.fc2_wdecay = nn.Parameter(torch.ones(10, 200) * 5e-4)
+
+    def reg(net, wd):
+        return ((net.fc1.weight ** 2 * wd.fc1_wdecay).sum()
+                + (net.fc2.weight ** 2 * wd.fc2_wdecay).sum()) / 2
+
+    class Classifier(ImplicitProblem):
+        def training_step(self, batch):
+            inp, target = batch
+            return F.cross_entropy(self.module(inp), target) + reg(self.module, self.hpo.module)
+
+    class HPO(ImplicitProblem):
+        def training_step(self, batch):
+            inp, target = batch
+            net = self.classifier.module
+            return F.cross_entropy(net(inp), target) + reg(net, self.module)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # -- plain training steps of the same MLP ------------------------------------------------
+    net = Net().to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    it = iter(loader(1))
+    def plain_step():
+        inp, target = next(it)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(inp), target).backward()
+        opt.step()
+    for _ in range(10):
+        plain_step()
+    sync()
+    n_plain = spec["plain_steps"]
+    t0 = time.perf_counter()
+    for _ in range(n_plain):
+        plain_step()
+    sync()
+    plain_s = (time.perf_counter() - t0) / n_plain
+
+    # -- MLO iterations ----------------------------------------------------------------------
+    T = spec["unroll"]
+    cls_mod, hpo_mod = Net().to(device), WeightDecay().to(device)
+    classifier = Classifier(name="classifier", module=cls_mod,
+                            optimizer=torch.optim.SGD(cls_mod.parameters(), lr=0.01,
+                                                      momentum=0.9),
+                            train_data_loader=loader(2), config=Config(unroll_steps=T))
+    hpo_loader = loader(3)
+    hpo = HPO(name="hpo", module=hpo_mod,
+              optimizer=torch.optim.Adam(hpo_mod.parameters(), lr=1e-5),
+              train_data_loader=hpo_loader, config=Config(unroll_steps=T, **spec["config"]))
+    warm, iters = spec["warmup"], spec["iters"]
+    engine = Engine(config=EngineConfig(train_iters=(warm + iters + 1) * T, valid_step=0),
+                    problems=[hpo, classifier],
+                    dependencies={"l2u": {classifier: [hpo]}, "u2l": {hpo: [classifier]}},
+                    device=device)
+    import gc
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        base = _common.peak_rss_mb()
+    engine.run()
+    sync()
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else _common.peak_rss_mb()) - base
+    mlo_s = hpo_loader.seconds_per_batch(warm, iters)
+    return {"plain_s": plain_s, "mlo_s": mlo_s, "ratio": mlo_s / plain_s, "peak_mb": peak}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iters", type=int, default=15, help="measured MLO iterations")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--plain-steps", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--only", default=None, help="comma-separated labels to run")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        _common.emit(_child(json.loads(args.child)))
+        return 0
+
+    rows = []
+    wanted = set(args.only.split(",")) if args.only else None
+    for label, config, T in CONFIGS:
+        if wanted and label not in wanted:
+            continue
+        spec = dict(config=config, unroll=T, iters=args.iters, warmup=args.warmup,
+                    plain_steps=args.plain_steps, threads=args.threads, device=args.device)
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                              capture_output=True, text=True, cwd=str(HERE.parent))
+        result = _common.parse_result_line(proc.stdout) or {
+            "error": _common.error_string(RuntimeError(proc.stderr.strip()[-400:]))}
+        rows.append({"method": label, "unroll": T, **result})
+        print(f"{label}: {result}", file=sys.stderr, flush=True)
+    meta = {"torch": __import__("torch").__version__, "device": args.device,
+            "threads": args.threads, "iters": args.iters, "machine": os.uname().machine,
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps({"meta": meta, "results": rows}, indent=1))
+    print()
+    print(_common.format_table(rows, [("method", "method"), ("unroll", "T"),
+                                      ("plain_s", "plain s/step"), ("mlo_s", "s/MLO iter"),
+                                      ("ratio", "ratio"), ("peak_mb", "peak MiB")]))
+    return 0
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
