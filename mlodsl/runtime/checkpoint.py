@@ -62,7 +62,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
+    # Only onto the same number of GPUs: elsewhere CUDA streams start from the seed instead.
+    if "cuda" in state and torch.cuda.is_available() and \
+            len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
         import numpy as np

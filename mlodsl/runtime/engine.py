@@ -527,7 +527,10 @@ class Engine:
         ok = torch.isfinite(loss.detach()).all()
         if norms is not None:
             ok = ok & torch.isfinite(norms).all()
-        if bool(ok):
+        ok = bool(ok)
+        if self.distributed:  # every rank must skip the same steps, or parameters drift apart
+            ok = not dist.any_flag(not ok)
+        if ok:
             return True
         self.history.info(f"skipped a step of problem '{problem.name}' at iteration "
                           f"{self.global_step}: non-finite loss or gradient "

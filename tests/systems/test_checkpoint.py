@@ -142,3 +142,19 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path, sig):
     assert done.returncode == 0, done.stderr
     torch.set_num_threads(1)
     _same(torch.load(tmp_path / "out.pt"), _run(P.build(iters, engine_kwargs={"valid_step": 5})))
+
+
+def test_unrolled_windows_defer_checkpoints_and_still_resume_exactly(tmp_path):
+    d = tmp_path / "ck"
+    unroll = lambda: P.Config(type="unroll", unroll_steps=2)  # noqa: E731
+    ref = _run(P.build(10, upper_config=unroll()))
+    _run(P.build(7, upper_config=unroll(),
+                 engine_kwargs=dict(checkpoint_every=1, checkpoint_dir=str(d),
+                                    checkpoint_keep=0)))
+    # odd iterations end inside the lower's unrolled window: no checkpoint there (nor at the
+    # end, iteration 7)
+    assert [f.name for f in ckpt.list_checkpoints(d)] == [
+        "ckpt-00000002.pt", "ckpt-00000004.pt", "ckpt-00000006.pt"]
+    e = P.build(10, upper_config=unroll())
+    assert e.resume(str(d)) and e.global_step == 6
+    _same(ref, _run(e))
