@@ -86,8 +86,13 @@ class _GraphBuilder:
         self._current: ir.Expr | None = None
 
     # -- driver ----------------------------------------------------------------------------
+    def is_static(self, node: ir.Expr) -> bool:
+        """Whether ``node`` reads no batch name and no problem (evaluated at build time)."""
+        return not any(isinstance(n, ir.Name) and n.name in self.dynamic
+                       for n in ir.iter_expr(node))
+
     def visit(self, node: ir.Expr) -> Any:
-        if not any(isinstance(n, ir.Name) and n.name in self.dynamic for n in ir.iter_expr(node)):
+        if self.is_static(node):
             return _Static(self.interp.run(node))
         outer, self._current = self._current, node
         try:
@@ -157,7 +162,7 @@ class _GraphBuilder:
         args = tuple(self.value(a) for a in node.args)
         kwargs = {kw.name: self.value(kw.value) for kw in node.kwargs}
         func = node.func
-        if isinstance(func, ir.Attribute) and not self.interp.is_static(func.value):
+        if isinstance(func, ir.Attribute) and not self.is_static(func.value):
             base = self.visit(func.value)
             if not isinstance(base, _ProblemPath):  # a method of a value computed in the graph
                 return self.emit("call_method", func.attr, (self.materialize(base), *args), kwargs)
