@@ -165,11 +165,13 @@ class TimedLoader(torch.utils.data.DataLoader):
         super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
         self.stamps: list[float] = []
         self.cpu_stamps: list[float] = []
+        self.rss_stamps: list[float] = []  # peak RSS so far, to split warmup from steady state
 
     def __iter__(self):
         for batch in super().__iter__():
             self.stamps.append(time.perf_counter())
             self.cpu_stamps.append(time.process_time())
+            self.rss_stamps.append(peak_rss_mb())
             yield batch
 
     def seconds_per_batch(self, skip: int, count: int, cpu: bool = False) -> float | None:
@@ -293,6 +295,7 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
         result["library"] = library
         result["version"] = library_version(library)
         gc.collect()
+        modules_before = set(sys.modules)
         rss_before = peak_rss_mb()
         t0, c0 = time.perf_counter(), time.process_time()
         engine.run()
@@ -300,6 +303,11 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
         result["cpu_seconds_total"] = time.process_time() - c0
         result["peak_rss_mb"] = peak_rss_mb()
         result["peak_rss_delta_mb"] = result["peak_rss_mb"] - rss_before
+        # how much of that rise the warmup iterations already made (first-use allocations,
+        # lazily imported modules), and how many modules the run imported
+        if len(upper_loader.rss_stamps) > args.warmup:
+            result["peak_rss_warmup_delta_mb"] = upper_loader.rss_stamps[args.warmup] - rss_before
+        result["modules_imported_during_run"] = len(set(sys.modules) - modules_before)
         spi = upper_loader.seconds_per_batch(args.warmup, args.iters)
         result["upper_steps_seen"] = len(upper_loader.stamps)
         cpi = upper_loader.seconds_per_batch(args.warmup, args.iters, cpu=True)

@@ -29,6 +29,7 @@ given in *plain steps* (1 plain step = batch + 1 forward + 1 backward + 1 update
 
     python benchmarks/passcount.py                      # both programs, table
     python benchmarks/passcount.py --program hpo --json
+    python benchmarks/passcount.py --report benchmarks/results/vs_betty.json   # measured multiples
 
 As a module: :func:`passes` (the counts), :func:`measure_primitives` (the timings) and
 :func:`bound` (the two combined).
@@ -266,6 +267,34 @@ def model(program: str, threads: int = 1, unrolls=(1, 5), hvp_iters: int = 1,
     return {"program": program, "threads": threads, "primitives": prims, "bounds": rows}
 
 
+def report_table(report: dict) -> str:
+    """The pass counts and bound of each row of a ``vs_betty.py`` report, with the measured
+    CPU time of both libraries as multiples of the bound."""
+    import _common
+
+    rows = []
+    for r in report["rows"]:
+        p = r.get("passes") or {}
+        ms = lambda s: s * 1e3 if s is not None else None  # noqa: E731
+        rows.append({
+            "config": f"{r['program']} {r['method']} u{r['unroll']}",
+            "fwd": p.get("lower_forward", 0) + p.get("upper_forward", 0) if p else None,
+            "bwd": (p.get("lower_backward", 0) + p.get("lower_backward_upper", 0)
+                    + p.get("lower_backward_graph", 0) + p.get("upper_backward", 0))
+            if p else None,
+            "hvp": p.get("hvp", 0) + p.get("mixed", 0) if p else None,
+            "bound_ms": ms(r.get("bound_seconds")), "steps": r.get("bound_plain_steps"),
+            "mlodsl_ms": ms(r["mlodsl"]["cpu_seconds_per_iter"]),
+            "betty_ms": ms(r["betty"]["cpu_seconds_per_iter"]),
+            "m": r.get("mlodsl_over_bound"), "b": r.get("betty_over_bound"),
+        })
+    return _common.format_table(rows, [
+        ("config", "config"), ("fwd", "fwd"), ("bwd", "bwd"), ("hvp", "hvp+mixed"),
+        ("bound_ms", "bound cpu ms"), ("steps", "plain steps"),
+        ("mlodsl_ms", "mlodsl cpu ms"), ("m", "mlodsl/bound"),
+        ("betty_ms", "betty cpu ms"), ("b", "betty/bound")], floatfmt=".3g")
+
+
 def main(argv=None) -> int:
     """Print the pass-count model (a table, or JSON with ``--json``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -275,8 +304,14 @@ def main(argv=None) -> int:
     ap.add_argument("--hvp-iters", type=int, default=1)
     ap.add_argument("--unroll", type=int, action="append", help="default: 1 and 5")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--report", metavar="JSON",
+                    help="print the bound against the times in a vs_betty.py report instead")
     args = ap.parse_args(argv)
     import _common
+
+    if args.report:
+        print(report_table(json.loads(Path(args.report).read_text())))
+        return 0
 
     out = [model(p, args.threads, tuple(args.unroll or (1, 5)), args.hvp_iters)
            for p in args.program or PROGRAMS]

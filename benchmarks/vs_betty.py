@@ -130,6 +130,8 @@ def summarize(runs: list[dict]) -> dict:
         "loadavg": _common.median(r.get("loadavg") for r in ok),
         "peak_rss_delta_mb": _common.median(r.get("peak_rss_delta_mb") for r in ok),
         "peak_rss_mb": _common.median(r.get("peak_rss_mb") for r in ok),
+        "peak_rss_warmup_delta_mb": _common.median(r.get("peak_rss_warmup_delta_mb")
+                                                   for r in ok),
         "test_loss": ok[0].get("test_loss") if ok else None,
         "version": (ok or runs)[0].get("version"),
         "error": errors[0]["error"] if errors else None,
@@ -181,9 +183,10 @@ def benchmark(args: argparse.Namespace) -> dict:
             for side in order:
                 res = run_program(side, program, method, unroll, args)
                 runs[side].append(res)
-                spi = res.get("seconds_per_iter")
+                spi, cpi = res.get("seconds_per_iter"), res.get("cpu_seconds_per_iter")
                 log(f"[{n}/{len(configs)}] {program} {method} unroll={unroll} rep={rep} "
-                    f"{side}: " + (f"{spi * 1e3:.2f} ms/iter" if spi else res.get("error")))
+                    f"{side}: " + (f"{spi * 1e3:.2f} ms/iter wall, {cpi * 1e3:.2f} cpu"
+                                   if spi else res.get("error")))
         b, m = summarize(runs["betty"]), summarize(runs["mlodsl"])
         bound = passcount.get("index", {}).get((program, method, unroll)) or {}
         rows.append({
