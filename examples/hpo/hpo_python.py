@@ -86,7 +86,13 @@ class HPOEngine(Engine):
 
 
 def loader(dataset, batch_size, seed):
-    """A shuffled DataLoader with its own seeded generator (reproducible batches)."""
+    """A shuffled DataLoader with its own seeded generator (reproducible batches).
+
+    The seeding rule of compiled ``.mlo`` programs (docs/language.md, "How programs run"):
+    the k-th problem in source order shuffles with ``seed + k``. ``hpo.mlo`` declares the
+    classifier first (``seed``) and hpo second (``seed + 1``); ``build`` does the same, so this
+    port and the ``.mlo`` programs take the same steps (tests/backend/test_end_to_end.py).
+    """
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
 

@@ -96,3 +96,20 @@ def test_language_section_1_program_runs():
     assert plan.engine.global_step == 2
     assert history[-1]["kind"] == "validation" and "acc" in history[-1]
     assert plan.losses["hpo"].reads == ["classifier", "hpo"]
+
+
+def test_resume_continues_exactly(capsys, tmp_path):
+    from bk_helpers import PROGRAMS
+    program = PROGRAMS / "bilevel.mlo"
+    status, straight, err = run_cli(["run", program, "--out", tmp_path / "a", "--quiet",
+                                     "--iterations", 6], capsys)
+    assert status == 0, err
+    assert run_cli(["run", program, "--out", tmp_path / "b", "--quiet"], capsys)[0] == 0
+    status, resumed, err = run_cli(["run", program, "--resume", tmp_path / "b", "--quiet",
+                                    "--iterations", 6], capsys)
+    assert status == 0, err
+    assert straight.splitlines()[-1] == resumed.splitlines()[-1]  # same final metrics
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    status, _, err = run_cli(["run", program, "--resume", tmp_path / "nothing"], capsys)
+    assert status == 2 and "no run folder with checkpoints" in err
