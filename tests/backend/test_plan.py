@@ -119,3 +119,31 @@ def test_modules_are_built_in_dependency_order():
            "  loss(x, y) = low(x).sum() * up().sum() }\nengine { iterations = 1 }\n")
     plan = mlodsl.compile(src, namespace={**NS, "Rec": Rec})
     assert built == ["up"] and list(plan.problems) == ["low", "up"] and plan.order == ["up", "low"]
+
+
+def test_three_levels_with_unroll_and_neumann_run():
+    src = """
+import torch.nn.functional as F
+problem net {
+    module = Tiny(); optimizer = SGD(lr=0.1); data = toy(32); batch_size = 8
+    loss(x, y) = F.mse_loss(net(x), y) + decay() * net.weight.pow(2).sum()
+}
+problem decay depends net every 2 via unroll() {
+    module = Knob(0.1); optimizer = Adam(lr=0.01); data = toy(16, seed=1); batch_size = 8
+    loss(x, y) = F.mse_loss(net(x), y) * scale()
+    after_step = clamp_min(0.0)
+}
+problem scale depends decay via neumann(iterations=2) {
+    module = Knob(1.0); optimizer = SGD(lr=0.01); data = b
+    loss(x, y) = F.mse_loss(net(x), y) + (scale() - 1) ** 2
+}
+engine { iterations = 6; seed = 0; validate = dict(w=net.weight.abs().sum()); validate_every = 2 }
+"""
+    plan = _compile(src)
+    assert plan.levels == {"net": 0, "decay": 1, "scale": 2}
+    assert [(e.upper, e.method, e.every) for e in plan.edges] == [
+        ("decay", "unroll", 2), ("scale", "neumann", 1)]
+    history = plan.run(console=False)
+    assert {n: p.count for n, p in plan.problems.items()} == {"net": 6, "decay": 3, "scale": 3}
+    assert [r["iteration"] for r in history if r["kind"] == "validation"] == [2, 4, 6]
+    assert plan.problems["decay"].module.scale.item() >= 0.0
