@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import operator
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 

@@ -149,11 +149,6 @@ class Scope:
             out.update(layer)
         return sorted(out)
 
-    def child(self, layer: Mapping[str, Any], dynamic: Iterable[str] = ()) -> "Scope":
-        """A scope that searches ``layer`` first, then this one."""
-        s = Scope(layer, *self.layers, dynamic=set(dynamic) | self.dynamic)
-        return s
-
 
 class Interpreter:
     """Evaluates IR expressions in a :class:`Scope`.

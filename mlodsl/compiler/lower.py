@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_values import UNKNOWN, literal_value
+from mlodsl.compiler._front_values import literal_value
 from mlodsl.compiler.check import dependency_graph, levels as program_levels
 from mlodsl.compiler.fxloss import build_loss_graph, graph_reads, traced_reads
 from mlodsl.compiler.interpret import Interpreter, Scope, SourceMap, describe_exception
@@ -74,6 +74,7 @@ class _Lowering:
         self.levels = program_levels(program)
         self.warnings = []
         self.descriptions: dict[str, dict[str, str]] = {}
+        self.lets: dict[str, Any] = {}  # filled in source order; a let sees those above it
 
     # -- driver ------------------------------------------------------------------------------
     def run(self) -> ExecutionPlan:
@@ -84,7 +85,6 @@ class _Lowering:
             seed = self.static_seed()
             if seed is not None:
                 seed_everything(seed)
-            self.lets: dict[str, Any] = {}
             for let in self.program.lets:
                 self.lets[let.name] = self.interp(f"let '{let.name}'").run(let.value)
             if seed is None and self.field("seed") is not None:
@@ -111,7 +111,7 @@ class _Lowering:
     def interp(self, what: str, problems: dict | None = None, methods_first: bool = False,
                cache: dict | None = None) -> Interpreter:
         """An interpreter for one field: problems (as given), lets, imports, built-ins."""
-        layers = [self.lets if hasattr(self, "lets") else {}, self.imports, self.builtins]
+        layers = [self.lets, self.imports, self.builtins]
         if methods_first:  # in 'via' and 'hypergrad', method names are never shadowed
             layers.insert(0, {n: self.builtins[n] for n in METHODS})
         if problems:

@@ -173,10 +173,6 @@ class _ModuleSpan:
 
     def __init__(self, imp: ir.Import):
         self.span = imp.module_span if imp.module_span != ir.NO_SPAN else imp.span
-        self._imp = imp
-
-    def __hash__(self):
-        return id(self._imp)
 
 
 # ----------------------------------------------------------------------------- built-ins
