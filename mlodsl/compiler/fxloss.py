@@ -134,7 +134,10 @@ class _GraphBuilder:
             return value
         name = f"_mlo_const{self._consts}"
         self._consts += 1
-        setattr(self.root, name, value)
+        if isinstance(value, torch.Tensor):  # a buffer follows the graph to the run's device
+            self.root.register_buffer(name, value)
+        else:
+            setattr(self.root, name, value)
         return self.emit("get_attr", name)
 
     def emit(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> fx.Node:

@@ -294,6 +294,9 @@ class ExecutionPlan:
                 edges=[e.spec() for e in self.edges], validate=self.validate,
                 validate_node=self.validate_node, sources=self.sources)
         self.engine.history.console = console
+        for n, info in self.losses.items():  # tensor constants of the graphs, too
+            if info.graph is not None:
+                info.graph.to(next(self.problems[n].module.parameters()).device)
         return self.engine
 
     def run(self, iterations: int | None = None, **engine_options: Any) -> list[dict]:
