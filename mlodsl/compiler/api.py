@@ -63,7 +63,14 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
         err.sources = {**sources.sources, **getattr(err, "sources", {})}
         raise
     if ovs:
-        program = apply_overrides(program, ovs, sources)
+        try:
+            program = apply_overrides(program, ovs, sources)
+        except MLOError:
+            if errors(before):  # the program's own errors first (e.g. no engine block)
+                err = MLOError(before)
+                err.sources = dict(sources.sources)
+                raise err from None
+            raise
         diags = relocate(check(program), before, file, ovs)
     else:
         diags = before

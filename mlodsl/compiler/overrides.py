@@ -151,6 +151,8 @@ def _apply(program: ir.Program, o: Override, sources: SourceMap) -> ir.Program:
     if field_name not in table:
         raise fail(f"unknown field '{field_name}' in {where}", did_you_mean(field_name, table))
     block = program.engine if head == "engine" else program.problem(head)
+    if block is None:
+        raise fail("the program has no 'engine' block to override")
     old = block.field(field_name)
     if len(o.target) == 3:
         kw = o.target[2]
