@@ -1,0 +1,1 @@
+"""The maml example (see README.md)."""

@@ -1,0 +1,1 @@
+"""The reweighting example (see README.md)."""

@@ -1,0 +1,1 @@
+"""The three_level example (see README.md)."""
