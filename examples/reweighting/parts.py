@@ -83,7 +83,7 @@ def _long_tail_noisy(imbalance: float, noise: float, seed: int):
     return x, noisy, clean
 
 
-def noisy_digits(imbalance: float = 10.0, noise: float = 0.4, seed: int = 0,
+def noisy_digits(imbalance: float = 5.0, noise: float = 0.4, seed: int = 0,
                  with_clean: bool = False) -> torch.utils.data.TensorDataset:
     """The long-tailed, label-noisy training set (see the module docstring).
 

@@ -30,7 +30,7 @@ from mlodsl.problems import ImplicitProblem  # noqa: E402
 
 #: Hyperparameters shared with ``reweighting.mlo`` (keep the two in step).
 SIZES = [64, 100, 10]
-LR, MOMENTUM, BATCH = 0.05, 0.9, 64
+LR, MOMENTUM, BATCH = 0.01, 0.9, 64
 META_LR, META_BATCH = 1e-3, 100
 VARIANTS = ("baseline", "darts", "neumann")
 
