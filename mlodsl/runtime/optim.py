@@ -97,6 +97,18 @@ class DifferentiableOptimizer:
             new_states.append(state)
         return out, new_states
 
+    def rule(self) -> "DifferentiableOptimizer":
+        """A copy that can only :meth:`apply` the update rule: no parameters, no carried state.
+
+        What a recomputation closure keeps (activation checkpointing): holding the optimizer
+        itself would tie the closure to the newest state tensors, whose graph holds the closure
+        again - a reference cycle through autograd that Python's collector cannot see, which
+        would keep every unrolled window's tape alive.
+        """
+        rule = object.__new__(type(self))
+        rule.optimizer, rule.params, rule.groups, rule.state = self.optimizer, [], [], []
+        return rule
+
     def snapshot_groups(self) -> list[dict]:
         """Each parameter's hyperparameters now (a later scheduler step does not change them)."""
         return [{k: v for k, v in g.items() if k != "params"} for g in self.groups]

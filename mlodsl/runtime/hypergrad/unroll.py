@@ -100,6 +100,13 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
         problem._diffopt = make_differentiable(problem.optimizer, problem.trainable_parameters())
     diffopt = problem._diffopt
     states, groups = diffopt.state, diffopt.snapshot_groups()
+    # What the recomputation closure may hold: nothing that leads to this step's outputs (the
+    # optimizer's newest state, the problem's fast weights), or the closure, kept alive by the
+    # outputs' graph, would keep that graph alive in turn (a cycle gc cannot see through
+    # autograd): state *layouts* and a stateless copy of the update rule only.
+    rule = diffopt.rule()
+    layout = [{k: (_TENSOR if isinstance(v, torch.Tensor) else v) for k, v in sorted(st.items())}
+              for st in states]
     clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
     others = [o for o in engine.problems.values() if o is not problem]
     context = [list(o.current_parameters()) for o in others]
@@ -115,8 +122,8 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
         fast, rest = list(args[:n_fast]), list(args[n_fast:])
         flat_state, rest = rest[:n_state], rest[n_state:]
         it = iter(flat_state)
-        in_states = [{k: (next(it) if isinstance(v, torch.Tensor) else v)
-                      for k, v in sorted(st.items())} for st in states]
+        in_states = [{k: (next(it) if v is _TENSOR else v) for k, v in st.items()}
+                     for st in layout]
         saved = [(o, o._fast) for o in others] + [(problem, problem._fast)]
         try:
             for o, n in zip(others, n_ctx):
@@ -140,7 +147,7 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
                     norm = torch.linalg.vector_norm(
                         torch.stack([torch.linalg.vector_norm(g) for g in total]))
                     total = [g * torch.clamp(clip / (norm + 1e-6), max=1.0) for g in total]
-                new, new_states = diffopt.apply(fast, total, in_states, groups)
+                new, new_states = rule.apply(fast, total, in_states, groups)
         finally:
             for o, f in saved:
                 o._fast = f
@@ -171,6 +178,9 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     from mlodsl.runtime.stepping import _scheduler_step
     _scheduler_step(engine, problem)
     return loss
+
+
+_TENSOR = object()  # marks where a state layout takes a tensor
 
 
 class _Recompute(torch.autograd.Function):
