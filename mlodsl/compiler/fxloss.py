@@ -42,6 +42,21 @@ __all__ = ["build_loss_graph", "graph_reads", "locate_failure", "traced_reads",
 _LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
 
 
+_GRAPH_MODULE_NAMES: frozenset[str] | None = None
+
+
+def module_slot(problem: str) -> str:
+    """The name under which ``problem``'s module sits in a loss graph's root.
+
+    The problem's own name, unless ``GraphModule`` itself uses that attribute (``meta``,
+    ``graph``, ``code``, ``training``, ...): then a private name that cannot clash.
+    """
+    global _GRAPH_MODULE_NAMES
+    if _GRAPH_MODULE_NAMES is None:
+        _GRAPH_MODULE_NAMES = frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
+    return f"_mlo_problem_{problem}" if problem in _GRAPH_MODULE_NAMES else problem
+
+
 @dataclass(frozen=True)
 class _ProblemPath:
     """A problem's module, or a path of attributes into it (not yet a graph node)."""
@@ -51,7 +66,7 @@ class _ProblemPath:
 
     @property
     def target(self) -> str:
-        return ".".join((self.problem, *self.attrs))
+        return ".".join((module_slot(self.problem), *self.attrs))
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,7 @@ class _GraphBuilder:
         self.graph = fx.Graph()
         self.root = nn.Module()
         for name, module in modules.items():
-            self.root.add_module(name, module)
+            self.root.add_module(module_slot(name), module)
         self.inputs = {name: self.graph.placeholder(name) for name in params}
         for name, node in self.inputs.items():
             node.meta["mlo_span"] = None
@@ -230,7 +245,7 @@ def build_loss_graph(field: ir.Field, interp: Interpreter,
     # fresh container on the way. Re-attach the problems' own modules, so every path in the
     # graph reaches the live (and functionally substituted) parameters.
     for name, module in modules.items():
-        setattr(gm, name, module)
+        setattr(gm, module_slot(name), module)
     return gm
 
 
@@ -238,7 +253,7 @@ def graph_reads(gm: fx.GraphModule, problems: Sequence[str]) -> list[str]:
     """The problems a loss graph reads (calls or reaches into), in ``problems`` order."""
     used = {str(n.target).split(".")[0] for n in gm.graph.nodes
             if n.op in ("call_module", "get_attr")}
-    return [p for p in problems if p in used]
+    return [p for p in problems if module_slot(p) in used]
 
 
 _ASSIGN = re.compile(r"^\s*(\w+)\s*=")

@@ -127,3 +127,29 @@ def test_callable_loss_reading_an_unconnected_problem_is_rejected():
     d = info.value.diagnostics[0]
     assert d.file == str(path) and (d.span.line, d.span.column) == (8, 17)
     assert "reads 'other', which is not connected to 'inner'" in d.message
+
+
+def test_problems_named_like_graph_module_attributes():
+    # `meta`, `graph` and `code` are attributes of torch.fx.GraphModule itself.
+    import mlodsl
+    source = """
+import torch
+problem meta {
+    module = torch.nn.Linear(1, 1)
+    optimizer = SGD(lr=0.1)
+    data = [(torch.ones(4, 1), torch.zeros(4, 1))]
+    loss(x, y) = ((meta(x) - y) ** 2).mean() + code.weight.sum() * 0
+}
+problem code depends meta {
+    module = torch.nn.Linear(1, 1)
+    optimizer = SGD(lr=0.1)
+    data = [(torch.ones(4, 1), torch.zeros(4, 1))]
+    loss(x, y) = ((meta(x) - y) ** 2).mean() + code.weight.sum() * 0
+}
+engine { iterations = 3 }
+"""
+    plan = mlodsl.compile(source)
+    before = plan.problems["meta"].module.weight.detach().clone()
+    plan.run()
+    assert not torch.equal(before, plan.problems["meta"].module.weight.detach())
+    assert plan.problems["code"].count == 3
