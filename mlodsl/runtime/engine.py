@@ -144,6 +144,7 @@ class Engine:
         self.schedule = Schedule(list(self.problems), [
             ScheduleEdge(e.upper, e.lower, e.every, e.warmup) for e in edge_specs])
         self._below_cache: dict[str, list[str]] = {}
+        self._ancestors_cache: dict[tuple[str, frozenset], list[str]] = {}
         self._method_states: dict[tuple[str, str], dict] = {}
         self._unrolled = {e.lower for e in edge_specs if e.method == "unroll"} | {
             n for n, p in self.problems.items() if p.iterative and self.schedule.uppers(n)}
@@ -237,8 +238,13 @@ class Engine:
 
     def ancestors_in(self, name: str, scope: set[str]) -> list[str]:
         """Problems above ``name`` (that depend on it, transitively) within ``scope``."""
-        order = list(self.problems)
-        return sorted(nx.ancestors(self.graph, name) & scope, key=order.index)
+        key = (name, frozenset(scope))
+        cached = self._ancestors_cache.get(key)
+        if cached is None:
+            order = list(self.problems)
+            cached = self._ancestors_cache[key] = sorted(nx.ancestors(self.graph, name) & scope,
+                                                         key=order.index)
+        return list(cached)
 
     def method_for(self, upper: str, lower: str) -> tuple[str, dict]:
         """The method (and arguments) used to push cotangents through ``lower`` for ``upper``.
@@ -279,15 +285,22 @@ class Engine:
                 mapping = dict(zip(other._trainable_names(), params))
             elif other._fast is not None:
                 mapping = dict(zip(other._trainable_names(), other._fast))
-            protect = not (own_step and other is problem)
-            views.append((other.module, ModuleView(mapping, protect_buffers=protect)))
-        with substitute(views), self.precision.autocast(problem):
-            loss, metrics = problem.compute_loss(batch)
+            protect = not (own_step and other is problem) and other._has_buffers()
+            if mapping or protect:  # nothing to substitute: no view, no overhead
+                views.append((other.module, ModuleView(mapping, protect_buffers=protect)))
+        if not views:
+            with self.precision.autocast(problem):
+                loss, metrics = problem.compute_loss(batch)
+        else:
+            with substitute(views), self.precision.autocast(problem):
+                loss, metrics = problem.compute_loss(batch)
         return (loss, metrics) if with_metrics else loss
 
     # -- running -----------------------------------------------------------------------------
     def train_step(self) -> None:
         """One iteration: every leaf steps once; uppers step as their quotas fill."""
+        for problem in self.problems.values():  # parameters are read afresh once per iteration
+            problem.invalidate_parameter_cache()
         for name in self.schedule.iteration():
             problem = self.problems[name]
             self._maybe_cache_for_roll_back(problem)

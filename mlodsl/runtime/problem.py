@@ -61,6 +61,7 @@ class Problem:
         self._stream: BatchStream | None = None
         self._count = 0
         # Set while an upper differentiates through this problem's unrolled steps.
+        self._param_cache = None  # (module, trainable names, trainable parameters, has buffers)
         self._fast: list[torch.Tensor] | None = None
         self._diffopt = None
         self.after_step: Callable | None = None
@@ -135,15 +136,36 @@ class Problem:
 
     # -- parameters ----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The module's parameters that require a gradient (what the optimizer updates)."""
-        return [p for p in self.module.parameters() if p.requires_grad]
+        """The module's parameters that require a gradient (what the optimizer updates).
+
+        Read once per engine iteration (the engine calls :meth:`invalidate_parameter_cache`
+        before each one), so freezing or adding parameters between iterations is seen.
+        """
+        return list(self._trainable()[1])
 
     def parameters(self) -> list[nn.Parameter]:
         """All of the module's parameters."""
         return list(self.module.parameters())
 
     def _trainable_names(self) -> list[str]:
-        return [n for n, p in self.module.named_parameters() if p.requires_grad]
+        return self._trainable()[0]
+
+    def _trainable(self) -> tuple[list[str], list[nn.Parameter]]:
+        cache = self.__dict__.get("_param_cache")
+        if cache is None or cache[0] is not self.module:
+            named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+            buffers = any(b is not None for _, b in self.module.named_buffers())
+            cache = self._param_cache = (self.module, [n for n, _ in named],
+                                         [p for _, p in named], buffers)
+        return cache[1], cache[2]
+
+    def _has_buffers(self) -> bool:
+        self._trainable()
+        return self._param_cache[3]
+
+    def invalidate_parameter_cache(self) -> None:
+        """Forget the cached parameter list (after changing ``requires_grad`` mid-iteration)."""
+        self._param_cache = None
 
     def current_parameters(self) -> list[torch.Tensor]:
         """The tensors the loss currently sees: fast weights while unrolling, else live ones."""

@@ -49,7 +49,7 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
         if accum > 1:
             grads = [g / accum for g in grads]
         total = grads if total is None else [a + b for a, b in zip(total, grads)]
-    problem.last_loss = loss
+    problem.last_loss = loss.detach()  # for logging: holding the graph would keep its tape
     problem.last_metrics = metrics
     problem._count += 1
 

@@ -31,10 +31,15 @@ def darts(request: HypergradRequest, alpha: float = 0.01) -> list[torch.Tensor |
     w = [p.detach() for p in request.lower_params()]
     v = [t.detach() for t in request.v]
     eps = alpha / (_norm(v) + 1e-12)
-    plus = torch._foreach_add(w, torch._foreach_mul(v, eps))
-    minus = torch._foreach_sub(w, torch._foreach_mul(v, eps))
+    step = torch._foreach_mul(v, eps)
+    plus = torch._foreach_add(w, step)
     g_plus = request.grad_targets(request.lower_loss(plus))
+    del plus  # its memory is free for the next perturbed copy
+    minus = torch._foreach_sub(w, step)
+    del step
     g_minus = request.grad_targets(request.lower_loss(minus))
+    del minus
+    two_eps = 2 * eps
     out: list[torch.Tensor | None] = []
     for gp, gm in zip(g_plus, g_minus):
         if gp is None and gm is None:
@@ -42,5 +47,5 @@ def darts(request: HypergradRequest, alpha: float = 0.01) -> list[torch.Tensor |
         else:
             gp = 0 if gp is None else gp
             gm = 0 if gm is None else gm
-            out.append((gm - gp) / (2 * eps))
+            out.append((gm - gp) / two_eps)
     return out

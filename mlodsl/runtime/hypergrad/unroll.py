@@ -40,6 +40,8 @@ Cost", 2016 (checkpointing).
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 import torch
@@ -115,8 +117,11 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     calls = {"n": 0}
     record: dict[str, Any] = {}
 
-    def body(*args: torch.Tensor):
-        first = calls["n"] == 0  # the recomputation must not advance buffers or counters
+    def body(*args: torch.Tensor, replay: bool = False):
+        # The first call is the step itself; later calls recompute it, advancing no buffers or
+        # counters. ``replay``: values only (rebuilding a dropped step's inputs), so the
+        # gradient needs no graph.
+        first = calls["n"] == 0
         calls["n"] += 1
         n_fast, n_state, n_ctx = sizes
         fast, rest = list(args[:n_fast]), list(args[n_fast:])
@@ -134,7 +139,7 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
                 for current in batches:
                     loss, metrics = engine.evaluate_loss(problem, current, own_step=first,
                                                          with_metrics=True)
-                    grads = total_gradient(engine, problem, loss, create_graph=True)
+                    grads = total_gradient(engine, problem, loss, create_graph=not replay)
                     if accum > 1:
                         grads = [g / accum for g in grads]
                     total = grads if total is None else [a + b for a, b in zip(total, grads)]
@@ -157,8 +162,12 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
             record["keys"] = [_state_keys(st) for st in new_states]
         return (*new, *[t for st in new_states for t in _state_tensors(st)])
 
-    inputs = [*problem._fast, *state_flat, *(t for c in context for t in c)]
-    out = _Recompute.apply(body, *inputs)
+    tape = getattr(diffopt, "_checkpoint_tape", None)
+    if tape is None:
+        tape = diffopt._checkpoint_tape = _Tape(_segment_length(engine, problem.name))
+    own = [*problem._fast, *state_flat]
+    inputs = [*own, *(t for c in context for t in c)]
+    out = _Recompute.apply(tape, tape.add(body, len(own), inputs), *inputs)
     n_params = sizes[0]
     new_params = list(out[:n_params])
     # Re-attach the returned state tensors (the checkpoint's outputs carry the graph).
@@ -183,39 +192,102 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
 _TENSOR = object()  # marks where a state layout takes a tensor
 
 
-class _Recompute(torch.autograd.Function):
-    """``fn(*inputs)`` whose graph is dropped after the forward and rebuilt in the backward.
+def _segment_length(engine, name: str) -> int:
+    """Keep the inputs of every ``k``-th step of a window of ``T``: ``k = ceil(sqrt(T))``."""
+    window = max([e.every for e in engine.edges.values() if e.lower == name] or [1])
+    return max(1, math.ceil(math.sqrt(window)))
 
-    The RNG state is restored for the recomputation, so dropout draws the same masks.
+
+class _Tape:
+    """The checkpointed steps of one unrolled window, in order.
+
+    Step ``i`` keeps its own inputs (fast weights, optimizer state) only when ``i % every ==
+    0``; the others are rebuilt in the backward by replaying the steps from the nearest kept
+    one (values only, no graph), once per segment: sqrt(T) stored states and at most sqrt(T)
+    rebuilt ones instead of T (Chen et al. 2016, section 4). The other problems' tensors the
+    steps read are kept for every step (they are the uppers' parameters, alive anyway).
+
+    Everything is held detached: the tape is reachable from the steps' graph (through each
+    node's ``ctx``), so it must not hold a tensor that leads back to that graph.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.steps: list[dict] = []
+        self.cache: dict[int, list[torch.Tensor]] = {}
+
+    def add(self, fn, n_own: int, inputs: list[torch.Tensor]) -> int:
+        i = len(self.steps)
+        keep = i % self.every == 0
+        self.steps.append({
+            "fn": fn, "n_own": n_own, "flags": [x.requires_grad for x in inputs],
+            "own": [x.detach() for x in inputs[:n_own]] if keep else None,
+            "context": [x.detach() for x in inputs[n_own:]],
+            "rng": torch.get_rng_state(),
+            "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                         and torch.cuda.is_initialized() else None)})
+        return i
+
+    def inputs(self, i: int) -> list[torch.Tensor]:
+        """Step ``i``'s inputs (detached), replaying from the nearest kept step if needed."""
+        step = self.steps[i]
+        own = step["own"] if step["own"] is not None else self.cache.pop(i, None)
+        if own is None:
+            j = i
+            while self.steps[j]["own"] is None and j not in self.cache:
+                j -= 1
+            own = self.steps[j]["own"] if self.steps[j]["own"] is not None else self.cache[j]
+            for m in range(j, i):  # replay steps j .. i-1, caching what steps j+1 .. i-1 need
+                rec = self.steps[m]
+                args = [x.detach().requires_grad_(f) for x, f in
+                        zip([*own, *rec["context"]], rec["flags"])]
+                with _rng_at(rec):
+                    out = rec["fn"](*args, replay=True)
+                own = [o.detach() for o in out]
+                if m + 1 < i:
+                    self.cache[m + 1] = own
+        return [*own, *step["context"]]
+
+
+@contextlib.contextmanager
+def _rng_at(step: dict):
+    cuda_rng = step["cuda_rng"]
+    devices = list(range(len(cuda_rng))) if cuda_rng is not None else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(step["rng"])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        yield
+
+
+class _Recompute(torch.autograd.Function):
+    """Step ``i`` of a :class:`_Tape`, whose graph is dropped after the forward and rebuilt
+    in the backward from the step's inputs (kept or replayed).
+
+    The RNG state is restored for every recomputation, so dropout draws the same masks.
     """
 
     @staticmethod
-    def forward(ctx, fn, *inputs):
-        ctx.fn = fn
-        ctx.rng = torch.get_rng_state()
-        ctx.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                        and torch.cuda.is_initialized() else None)
-        ctx.save_for_backward(*inputs)
+    def forward(ctx, tape, i, *inputs):
+        ctx.tape, ctx.i = tape, i
         with torch.enable_grad():
-            out = fn(*[x.detach().requires_grad_(x.requires_grad) for x in inputs])
+            out = tape.steps[i]["fn"](*[x.detach().requires_grad_(x.requires_grad)
+                                        for x in inputs])
         return tuple(o.detach() for o in out)
 
     @staticmethod
     def backward(ctx, *grad_out):
-        inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
-        devices = list(range(len(ctx.cuda_rng))) if ctx.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(ctx.rng)
-            if ctx.cuda_rng is not None:
-                torch.cuda.set_rng_state_all(ctx.cuda_rng)
-            with torch.enable_grad():
-                out = ctx.fn(*inputs)
+        step = ctx.tape.steps[ctx.i]
+        inputs = [x.detach().requires_grad_(f)
+                  for x, f in zip(ctx.tape.inputs(ctx.i), step["flags"])]
+        with _rng_at(step), torch.enable_grad():
+            out = step["fn"](*inputs)
         pairs = [(o, g) for o, g in zip(out, grad_out) if o.requires_grad and g is not None]
         wanted = [x for x in inputs if x.requires_grad]
         grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted,
                                          grad_outputs=[g for _, g in pairs],
                                          allow_unused=True) if pairs and wanted else [])
-        return (None, *[next(grads) if x.requires_grad else None for x in inputs])
+        return (None, None, *[next(grads) if x.requires_grad else None for x in inputs])
 
 
 def _state_keys(state: dict) -> list[str]:
