@@ -150,7 +150,7 @@ def _child(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.max_memory_allocated() / 2**20
     else:
-        base = _common.peak_rss_mb()
+        base = _common.reset_peak_rss()[1]  # freed set-up memory does not count
     engine.run()
     sync()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"

@@ -130,6 +130,8 @@ def summarize(runs: list[dict]) -> dict:
         "loadavg": _common.median(r.get("loadavg") for r in ok),
         "peak_rss_delta_mb": _common.median(r.get("peak_rss_delta_mb") for r in ok),
         "peak_rss_mb": _common.median(r.get("peak_rss_mb") for r in ok),
+        "peak_rss_delta_untrimmed_mb": _common.median(r.get("peak_rss_delta_untrimmed_mb")
+                                                      for r in ok),
         "peak_rss_warmup_delta_mb": _common.median(r.get("peak_rss_warmup_delta_mb")
                                                    for r in ok),
         "test_loss": ok[0].get("test_loss") if ok else None,
@@ -296,7 +298,8 @@ def table(report: dict) -> str:
     text += (f"\n\n{s['iters']} measured MLO iterations after {s['warmup']} warmup, median of "
              f"{s['repeats']} fresh processes per side, {s['threads']} thread(s); "
              f"ms/it = wall, cpu ms = process CPU time per MLO iteration; ratio = mlodsl/betty; "
-             f"dRSS = rise of peak RSS during Engine.run(); bound = passcount.py's minimum "
+             f"dRSS = rise of peak RSS during Engine.run(), from the RSS after malloc_trim "
+             f"(set-up heap released) and a reset of the high-water mark; bound = passcount.py's minimum "
              f"(CPU time), compared with CPU time. Mean 1-minute load average during the runs: "
              f"{report.get('mean_loadavg') or 0:.2f} on {report['machine']['cpus']} CPUs.")
     return text
