@@ -25,11 +25,13 @@ Arguments:
   maps to it, True by default in the Python API as in Betty 0.2.1; ``unroll()`` in ``.mlo``
   defaults to False.
 * ``checkpoint``: activation checkpointing. Each differentiable step (loss, gradient with graph,
-  optimizer update) runs under ``torch.utils.checkpoint`` (non-reentrant), so only the fast
-  weights and optimizer state between steps are kept; the step's activations and its
-  double-backward graph are recomputed during the upper's backward (about one more step of
-  compute per step, memory no longer growing with activations x ``T``). Buffers (BatchNorm
-  statistics) advance once: the recomputation evaluates the loss with the buffers protected.
+  optimizer update) keeps no graph: its backward recomputes it from its inputs (fast weights,
+  optimizer state, the uppers' parameters). Only every ``ceil(sqrt(T))``-th step keeps its
+  inputs; the backward of a step whose inputs were dropped replays the steps since the last
+  kept one (values only, once per segment). Memory between steps: ``O(sqrt(T))`` states
+  instead of ``T`` graphs; time: about two more step evaluations per step. Buffers
+  (BatchNorm statistics) advance once: recomputations evaluate the loss with the buffers
+  protected, and the RNG state of each step is restored, so dropout draws the same masks.
   The step's hyperparameters are frozen at the time it was taken, so a scheduler stepping later
   does not change the recomputation. Checkpointed steps skip the engine's divergence guard.
 
@@ -81,8 +83,10 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     clipping, optimizer update, scheduler), with everything from the loss to the update
     recomputed in the upper's backward instead of stored.
 
-    A small recompute-in-backward ``autograd.Function`` (:class:`_Recompute`): the forward keeps
-    no graph, the backward recomputes the step from its inputs and differentiates it. Its inputs are therefore *every* tensor the
+    A small recompute-in-backward ``autograd.Function`` (:class:`_Recompute`) over a per-window
+    :class:`_Tape`: the forward keeps no graph, the backward recomputes the step from its inputs
+    (kept, or replayed from the last kept step) and differentiates it. Its inputs are therefore
+    *every* tensor the
     step is differentiated with respect to: the fast weights, the optimizer's carried state
     (momentum, moments) and the other problems' current parameters (the upper's
     hyperparameters); during the step the other problems are shown these inputs as their
