@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from mlodsl.runtime import distributed
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, get_method
 
 __all__ = ["total_gradient"]
@@ -62,10 +63,16 @@ def total_gradient(engine, problem, loss: torch.Tensor, create_graph: bool = Fal
         lower = engine.problems[name]
         targets = [engine.problems[t] for t in engine.ancestors_in(name, scope)]
         method, args = engine.method_for(problem.name, name)
+        v = [torch.zeros_like(p) if g is None else g.detach()
+             for g, p in zip(v, lower.current_parameters())]
+        if getattr(engine, "distributed", False):
+            # Data parallel: push the cotangent of the combined upper batch on every rank, so
+            # that for methods linear in v (darts, sama) the ranks' averaged contributions are
+            # the combined-batch hypergradient, not an average of per-rank ones.
+            v = [t.clone() for t in v]
+            distributed.average_tensors(v)
         request = HypergradRequest(
-            engine=engine, lower=lower, targets=targets,
-            v=[torch.zeros_like(p) if g is None else g.detach()
-               for g, p in zip(v, lower.current_parameters())],
+            engine=engine, lower=lower, targets=targets, v=v,
             upper=problem, upper_loss=detached_loss,
             state=engine.method_state(problem.name, name))
         contributions = get_method(method)(request, **args)
