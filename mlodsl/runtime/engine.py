@@ -560,8 +560,12 @@ class Engine:
     def _check_finite(self) -> None:
         if not self._pending_checks:
             return
-        flags = torch.stack([torch.isfinite(t).all() for _, _, t in self._pending_checks])
         checks, self._pending_checks = self._pending_checks, []
+        # One isfinite over everything (one host sync); per-check flags only on failure.
+        if len({t.device for _, _, t in checks}) == 1 and bool(
+                torch.isfinite(torch.cat([t.reshape(-1) for _, _, t in checks])).all()):
+            return
+        flags = torch.stack([torch.isfinite(t).all().cpu() for _, _, t in checks])
         if bool(flags.all()):
             return
         name, what = next((n, w) for (n, w, _), ok in zip(checks, flags.tolist()) if not ok)
