@@ -29,6 +29,7 @@ from examples.hpo.parts import Net, WeightDecay, accuracy, digits, mnist, weight
 from mlodsl.configs import Config, EngineConfig  # noqa: E402
 from mlodsl.engine import Engine  # noqa: E402
 from mlodsl.problems import ImplicitProblem  # noqa: E402
+from mlodsl.runtime.data import make_loader  # noqa: E402
 
 
 class Classifier(ImplicitProblem):
@@ -85,17 +86,6 @@ class HPOEngine(Engine):
         return {"acc": acc, "best_acc": self.best_acc}
 
 
-def loader(dataset, batch_size, seed):
-    """A shuffled DataLoader with its own seeded generator (reproducible batches).
-
-    The seeding rule of compiled ``.mlo`` programs (docs/language.md, "How programs run"):
-    the k-th problem in source order shuffles with ``seed + k``. ``hpo.mlo`` declares the
-    classifier first (``seed``) and hpo second (``seed + 1``); ``build`` does the same, so this
-    port and the ``.mlo`` programs take the same steps (tests/backend/test_end_to_end.py).
-    """
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
-
 
 def build(variant: str, data, sizes, iterations: int, seed: int, valid_step: int,
           device: str = "cpu", log_step: int = -1) -> HPOEngine:
@@ -108,17 +98,17 @@ def build(variant: str, data, sizes, iterations: int, seed: int, valid_step: int
     if variant == "baseline":
         classifier = FixedDecayClassifier(
             name="classifier", module=net, optimizer=classifier_opt,
-            train_data_loader=loader(train, 64, seed), config=Config(), device=device)
+            train_data_loader=make_loader(train, 64, seed=seed), config=Config(), device=device)
         problems = [classifier]
     else:
         classifier = Classifier(
             name="classifier", module=net, optimizer=classifier_opt,
-            train_data_loader=loader(train, 64, seed), config=Config(), device=device)
+            train_data_loader=make_loader(train, 64, seed=seed), config=Config(), device=device)
         decay = WeightDecay(net, init=5e-4)
         upper_cls, upper_data = (HPO, train) if variant == "seed" else (HeldOutHPO, val)
         hpo = upper_cls(
             name="hpo", module=decay, optimizer=torch.optim.Adam(decay.parameters(), lr=1e-5),
-            train_data_loader=loader(upper_data, 64, seed + 1),
+            train_data_loader=make_loader(upper_data, 64, seed=seed + 1),
             config=Config(type="darts", step=1, log_step=log_step, retain_graph=True),
             device=device)
         problems = [hpo, classifier]

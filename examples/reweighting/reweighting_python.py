@@ -27,6 +27,7 @@ from examples.reweighting.parts import (Net, WeightNet, accuracy, digits, meta_d
 from mlodsl.configs import Config, EngineConfig  # noqa: E402
 from mlodsl.engine import Engine  # noqa: E402
 from mlodsl.problems import ImplicitProblem  # noqa: E402
+from mlodsl.runtime.data import make_loader  # noqa: E402
 
 #: Hyperparameters shared with ``reweighting.mlo`` (keep the two in step).
 SIZES = [64, 100, 10]
@@ -66,18 +67,13 @@ class ReweightEngine(Engine):
         return accuracy(self.classifier, digits("test"))
 
 
-def loader(dataset, batch_size, seed):
-    """A shuffled DataLoader with its own seeded generator (reproducible batches)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
-
 
 def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> ReweightEngine:
     """Build the engine of one variant (``baseline``, ``darts`` or ``neumann``)."""
     torch.manual_seed(seed)
     net = Net(SIZES)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    train = loader(noisy_digits(), BATCH, seed)
+    train = make_loader(noisy_digits(), BATCH, seed=seed)
     if variant == "baseline":
         problems = [PlainClassifier(name="classifier", module=net, optimizer=opt,
                                     train_data_loader=train, config=Config())]
@@ -88,7 +84,7 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Rewe
             type="neumann", neumann_iterations=3, neumann_alpha=1.0)
         reweight = Reweight(name="reweight", module=weigher,
                             optimizer=torch.optim.Adam(weigher.parameters(), lr=META_LR),
-                            train_data_loader=loader(meta_digits(), META_BATCH, seed + 1),
+                            train_data_loader=make_loader(meta_digits(), META_BATCH, seed=seed + 1),
                             config=Config(**method))
         classifier = Classifier(name="classifier", module=net, optimizer=opt,
                                 train_data_loader=train, config=Config())

@@ -29,6 +29,7 @@ from examples.three_level.parts import (LogDecay, Net, WeightNet, accuracy, digi
 from mlodsl.configs import Config, EngineConfig  # noqa: E402
 from mlodsl.engine import Engine  # noqa: E402
 from mlodsl.problems import ImplicitProblem  # noqa: E402
+from mlodsl.runtime.data import make_loader  # noqa: E402
 
 #: Hyperparameters shared with ``three_level.mlo`` (keep the two in step).
 SIZES, LR, MOMENTUM, BATCH = [64, 100, 10], 0.01, 0.9, 64
@@ -77,11 +78,6 @@ class ThreeLevelEngine(Engine):
         return accuracy(self.classifier, digits("test"))
 
 
-def loader(dataset, batch_size, seed):
-    """A shuffled DataLoader with its own seeded generator (reproducible batches)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
-
 
 def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> ThreeLevelEngine:
     """Build the engine of one variant (see the module docstring)."""
@@ -90,14 +86,14 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Thre
     classifier = Classifier(
         name="classifier", module=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM),
-        train_data_loader=loader(noisy_digits(), BATCH, seed), config=Config())
+        train_data_loader=make_loader(noisy_digits(), BATCH, seed=seed), config=Config())
     problems, u2l, l2u = [classifier], {}, {}
     reweight = decay = None
     if variant in ("two_level", "three_level"):
         weigher = WeightNet(hidden=100)
         reweight = Reweight(name="reweight", module=weigher,
                             optimizer=torch.optim.Adam(weigher.parameters(), lr=META_LR),
-                            train_data_loader=loader(meta_digits(), 100, seed + 1),
+                            train_data_loader=make_loader(meta_digits(), 100, seed=seed + 1),
                             config=Config(type="darts"))
         problems.append(reweight)
         u2l[reweight], l2u[classifier] = [classifier], [reweight]
@@ -108,7 +104,7 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Thre
                   if reweight is not None else dict(type="darts", unroll_steps=DECAY_EVERY))
         decay = Decay(name="decay", module=coefficients,
                       optimizer=torch.optim.Adam(coefficients.parameters(), lr=DECAY_LR),
-                      train_data_loader=loader(holdout_digits(), 100, seed + 2),
+                      train_data_loader=make_loader(holdout_digits(), 100, seed=seed + 2),
                       config=Config(**method))
         problems.append(decay)
         # decay's loss reads the classifier; the classifier's (and the weight net's) read decay
