@@ -136,7 +136,10 @@ def load_engine_state(engine, state: dict) -> None:
     if es["best"] is not None:
         engine._es_best = es["best"]
     engine._es_bad = int(es["bad"])
-    engine._method_states = {(u, l): s for u, l, s in state["method_states"]}
+    # Checkpoints load onto the CPU (map_location): a method's tensors (e.g. reinforce's
+    # baseline) go back to the device their edge's lower runs on, wherever they were saved.
+    engine._method_states = {(u, l): _to_device(s, _problem_device(engine, l))
+                             for u, l, s in state["method_states"]}
     engine._roll_back_cache = dict(state["roll_back"])
     engine.history.records[:] = list(state["history"])
     ranks = state["ranks"]
@@ -146,6 +149,25 @@ def load_engine_state(engine, state: dict) -> None:
         if name in mine["data"] and p._stream is not None:
             p._stream.load_state_dict(mine["data"][name])
     set_rng_state(mine["rng"])
+
+
+def _problem_device(engine, name: str):
+    """The device problem ``name`` runs on (None when the engine does not know it)."""
+    problem = engine.problems.get(name)
+    return getattr(problem, "device", None) if problem is not None else None
+
+
+def _to_device(obj: Any, device) -> Any:
+    """``obj`` with every tensor inside it (dicts, lists, tuples nest) moved to ``device``."""
+    if device is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 # ----------------------------------------------------------------------------- files

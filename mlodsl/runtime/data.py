@@ -23,7 +23,11 @@ __all__ = ["BatchStream", "to_device", "make_loader", "loader_generators"]
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor inside ``batch`` (tuples, lists, dicts nest) to ``device``."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True) if batch.device != device else batch
+        if batch.device == device:
+            return batch
+        # Asynchronous only towards an accelerator (stream-ordered before any kernel reads
+        # it); a non-blocking copy *to the CPU* may be read before the data has arrived.
+        return batch.to(device, non_blocking=torch.device(device).type != "cpu")
     if isinstance(batch, (list, tuple)):
         moved = [to_device(b, device) for b in batch]
         return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)

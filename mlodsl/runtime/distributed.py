@@ -98,6 +98,8 @@ def setup(backend: str | None = None) -> None:
 
 def local_device(requested: Any) -> Any:
     """The device of this rank: ``cuda:LOCAL_RANK`` when the run uses CUDA, else as given."""
+    if isinstance(requested, torch.device):  # Engine(device=torch.device("cuda")) too
+        requested = str(requested)
     want_cuda = requested in (None, "auto") and torch.cuda.is_available() or (
         isinstance(requested, str) and requested == "cuda")
     if want_cuda:
