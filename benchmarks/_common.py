@@ -13,7 +13,10 @@ What is here:
   digits upscaled to 28x28 for a meaningful accuracy).
 - :class:`TimedLoader`: a ``DataLoader`` that timestamps every batch it hands out, so that a
   program can time "MLO iterations" from the outside of a library's ``Engine.run()``.
-- :func:`peak_rss_mb`: the process's peak resident set size (a high-water mark).
+- :func:`peak_rss_mb`: the process's peak resident set size (a high-water mark);
+  :func:`cuda_sync`, :func:`cuda_peak_mb`: the GPU's side of timing and memory (``--device
+  cuda``: wall-clock stamps after a ``torch.cuda.synchronize()``, peak memory from
+  ``torch.cuda.max_memory_allocated``).
 - :func:`emit`, :func:`parse_result_line`: one JSON line per measurement, and reading it back.
 - :func:`format_table`, :func:`median`: reporting.
 """
@@ -60,6 +63,10 @@ def program_args(description: str, argv: Sequence[str] | None = None) -> argpars
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data", default="synthetic",
                    help="'synthetic' or the path of a .pt file written by write_digits()")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where both libraries run; neither program names a device (Betty "
+                        "0.2.1 picks CUDA when it is visible), so 'cpu' hides the GPUs "
+                        "(CUDA_VISIBLE_DEVICES='') and 'cuda' requires one")
     p.add_argument("--json", action="store_true", help="print one JSON result line")
     args = p.parse_args(argv)
     if args.unroll < 1 or args.iters < 1 or args.warmup < 0:
@@ -67,14 +74,46 @@ def program_args(description: str, argv: Sequence[str] | None = None) -> argpars
     return args
 
 
-def setup_process(threads: int, seed: int) -> None:
-    """Pin torch's thread count and seed every RNG the programs use.
+def setup_process(threads: int, seed: int, device: str | None = None) -> None:
+    """Pin torch's thread count, choose the device, and seed every RNG the programs use.
 
     Both sides call this before building anything, so both start from the same weights and
-    see the same batches.
+    see the same batches. Neither library is told a device: Betty 0.2.1's Engine takes CUDA
+    whenever ``torch.cuda.is_available()``, and mlodsl's default ``"auto"`` does the same. So
+    ``device="cpu"`` hides the GPUs from this process (before CUDA is first touched), and
+    ``device="cuda"`` only checks that there is one; :func:`run_and_report` then records the
+    device the classifier's parameters actually ended up on. ``None`` leaves the devices
+    alone (callers that place their tensors themselves).
     """
+    global _REQUESTED_DEVICE
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available in this process")
+    _REQUESTED_DEVICE = device
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+
+
+#: the device :func:`setup_process` was asked for (None: not chosen, nothing is enforced)
+_REQUESTED_DEVICE: str | None = None
+
+
+def cuda_in_use() -> bool:
+    """Whether this process has started CUDA (then timing needs synchronisation)."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def cuda_sync() -> None:
+    """Wait for the GPU's queued work (no-op without CUDA): a wall-clock stamp taken after it
+    counts the kernels launched before it, not just their launch."""
+    if cuda_in_use():
+        torch.cuda.synchronize()
+
+
+def cuda_peak_mb() -> float | None:
+    """``torch.cuda.max_memory_allocated()`` in MiB since the last reset (None without CUDA)."""
+    return torch.cuda.max_memory_allocated() / 2**20 if cuda_in_use() else None
 
 
 def total_engine_iters(args: argparse.Namespace) -> int:
@@ -166,12 +205,18 @@ class TimedLoader(torch.utils.data.DataLoader):
         self.stamps: list[float] = []
         self.cpu_stamps: list[float] = []
         self.rss_stamps: list[float] = []  # peak RSS so far, to split warmup from steady state
+        self.cuda_stamps: list[float | None] = []  # peak GPU memory so far (CUDA only)
 
     def __iter__(self):
         for batch in super().__iter__():
+            # On a GPU the library's kernels run asynchronously: wait for them, or the stamp
+            # would time their launch instead of their work (one sync per batch of this
+            # loader, i.e. per MLO iteration when it is the upper's; the same for both sides).
+            cuda_sync()
             self.stamps.append(time.perf_counter())
             self.cpu_stamps.append(time.process_time())
             self.rss_stamps.append(peak_rss_mb())
+            self.cuda_stamps.append(cuda_peak_mb())
             yield batch
 
     def seconds_per_batch(self, skip: int, count: int, cpu: bool = False) -> float | None:
@@ -221,14 +266,20 @@ def reset_peak_rss() -> tuple[float, float]:
 @torch.no_grad()
 def evaluate(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              batch: int = 500) -> dict[str, float]:
-    """Cross-entropy and accuracy (%) of ``module`` (which returns log-probabilities)."""
+    """Cross-entropy and accuracy (%) of ``module`` (which returns log-probabilities).
+
+    The data are moved, batch by batch, to the device of the module's parameters (the test set
+    stays on the CPU; the library chose where the module lives).
+    """
     was_training = module.training
     module.eval()
+    device = next(module.parameters()).device
     loss, correct = 0.0, 0
     for i in range(0, len(y), batch):
-        out = module(x[i:i + batch])
-        loss += torch.nn.functional.nll_loss(out, y[i:i + batch], reduction="sum").item()
-        correct += (out.argmax(dim=1) == y[i:i + batch]).sum().item()
+        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        out = module(xb)
+        loss += torch.nn.functional.nll_loss(out, yb, reduction="sum").item()
+        correct += (out.argmax(dim=1) == yb).sum().item()
     module.train(was_training)
     return {"test_loss": loss / len(y), "test_acc": 100.0 * correct / len(y)}
 
@@ -308,6 +359,7 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
         "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
         "data": "synthetic" if args.data == "synthetic" else os.path.basename(args.data),
         "torch": torch.__version__, "error": None,
+        "requested_device": getattr(args, "device", None),
     }
     result.update(extra or {})
     code = 0
@@ -316,13 +368,35 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
         library = type(engine).__mro__[-2].__module__.split(".")[0]  # the library's Engine base
         result["library"] = library
         result["version"] = library_version(library)
+        device = next(classifier.parameters()).device
+        result["device"] = str(device)
+        if device.type == "cuda":
+            result["device_name"] = torch.cuda.get_device_name(device)
+            result["cuda_version"] = torch.version.cuda
+        if _REQUESTED_DEVICE and device.type != _REQUESTED_DEVICE:
+            # a library that silently fell back (or went elsewhere) is no comparison
+            raise RuntimeError(f"--device {_REQUESTED_DEVICE} was requested but the library "
+                               f"put the classifier on {device}")
         gc.collect()
         modules_before = set(sys.modules)
+        if device.type == "cuda":  # peak GPU memory of the run alone, from what set-up left
+            cuda_sync()
+            torch.cuda.reset_peak_memory_stats(device)
+            result["cuda_allocated_before_mb"] = torch.cuda.memory_allocated(device) / 2**20
         peak_before_trim, rss_before = reset_peak_rss()
         t0, c0 = time.perf_counter(), time.process_time()
         engine.run()
+        cuda_sync()
         result["seconds_total"] = time.perf_counter() - t0
         result["cpu_seconds_total"] = time.process_time() - c0
+        if device.type == "cuda":
+            result["cuda_peak_mb"] = cuda_peak_mb()
+            result["cuda_peak_delta_mb"] = (result["cuda_peak_mb"]
+                                            - result["cuda_allocated_before_mb"])
+            stamps = upper_loader.cuda_stamps
+            if len(stamps) > args.warmup and stamps[args.warmup] is not None:
+                result["cuda_peak_warmup_delta_mb"] = (stamps[args.warmup]
+                                                       - result["cuda_allocated_before_mb"])
         result["peak_rss_mb"] = peak_rss_mb()
         result["peak_rss_delta_mb"] = result["peak_rss_mb"] - rss_before
         # the earlier measure: rise above the set-up's own (untrimmed) peak

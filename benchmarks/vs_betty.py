@@ -17,8 +17,21 @@ The Betty venv is created automatically on the first run: torch pinned first (so
 pulls another build), then ``betty-ml==0.2.1`` with ``--no-deps --ignore-requires-python``
 (it declares Python < 3.11), then numpy, its only other import-time dependency.
 
-Results: a table and JSON on stdout, the JSON also in ``benchmarks/results/vs_betty.json``.
-Progress goes to stderr.
+On a GPU (``--device cuda``) the same programs run on CUDA on both sides: neither program
+names a device, Betty 0.2.1 takes CUDA when it is visible and mlodsl's ``"auto"`` does too
+(``--device cpu``, the default, hides the GPUs from both). Each result records the device the
+classifier's parameters were on, and a side that lands elsewhere is reported as an error.
+Time is wall-clock per MLO iteration with ``torch.cuda.synchronize()`` before each stamp;
+memory is ``torch.cuda.max_memory_allocated`` (reset just before ``Engine.run()``) besides
+RSS. The pass-count bound is timed on the CPU and is skipped on CUDA. Where Betty is already
+importable (e.g. from ``PYTHONPATH``), ``--betty-python python3 --no-setup`` uses that
+interpreter instead of the venv::
+
+    PYTHONPATH=/tmp/site python3 benchmarks/vs_betty.py --device cuda \
+        --betty-python python3 --no-setup --iters 20 --warmup 5 --repeats 1
+
+Results: a table and JSON on stdout, the JSON also in ``benchmarks/results/vs_betty.json``
+(``vs_betty_cuda.json`` with ``--device cuda``). Progress goes to stderr.
 """
 from __future__ import annotations
 
@@ -58,15 +71,37 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def betty_ready() -> str | None:
-    """``'betty X, torch Y'`` if the venv imports Betty's engine, else None."""
-    if not venv_python().exists():
+def betty_ready(python: str | None = None) -> str | None:
+    """``'betty X, torch Y'`` if ``python`` (default: the venv's) imports Betty's engine."""
+    exe = python or str(venv_python())
+    if python is None and not venv_python().exists():
         return None
-    r = subprocess.run([str(venv_python()), "-c",
-                        "import betty, betty.engine, torch; "
-                        "print(betty.__version__, torch.__version__)"],
-                       capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
+    try:
+        r = subprocess.run([exe, "-c", "import betty, betty.engine, torch; "
+                            "print(betty.__version__, torch.__version__)"],
+                           capture_output=True, text=True, env=_child_env(python is not None),
+                           timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else None
+
+
+def _child_env(keep_pythonpath: bool, threads: int | None = None,
+               device: str | None = None) -> dict:
+    """The environment of a program's process.
+
+    ``PYTHONPATH`` is dropped for the venv (each program sets its own path; nothing leaks in)
+    but kept with ``--betty-python``, where it is how that interpreter finds Betty. With
+    ``device="cpu"`` the GPUs are hidden, so that neither library picks CUDA by itself.
+    """
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if not keep_pythonpath:
+        env.pop("PYTHONPATH", None)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def setup_betty_venv(force: bool = False) -> str:
@@ -93,15 +128,17 @@ def setup_betty_venv(force: bool = False) -> str:
 def run_program(side: str, program: str, method: str, unroll: int, args: argparse.Namespace,
                 iters: int | None = None, data: str = "synthetic") -> dict:
     """Run one program in a fresh process and return its result (errors included)."""
-    exe = str(venv_python()) if side == "betty" else sys.executable
+    if side == "betty":
+        exe = args.betty_python or str(venv_python())
+    else:
+        exe = sys.executable
     script = PROGRAMS_DIR / f"{program}_{side}.py"
     cmd = [exe, str(script), "--method", method, "--unroll", str(unroll),
            "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--seed", str(args.seed),
-           "--hvp-iters", str(args.hvp_iters), "--data", data, "--json"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONHASHSEED="0")
-    env.pop("PYTHONPATH", None)  # each program sets its own path; nothing leaks in
+           "--hvp-iters", str(args.hvp_iters), "--data", data, "--device", args.device,
+           "--json"]
+    env = _child_env(bool(args.betty_python), args.threads, args.device)
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env,
@@ -136,6 +173,13 @@ def summarize(runs: list[dict]) -> dict:
                                                    for r in ok),
         "test_loss": ok[0].get("test_loss") if ok else None,
         "version": (ok or runs)[0].get("version"),
+        "device": ok[0].get("device") if ok else None,
+        "device_name": ok[0].get("device_name") if ok else None,
+        "torch": ok[0].get("torch") if ok else None,
+        "cuda_peak_mb": _common.median(r.get("cuda_peak_mb") for r in ok),
+        "cuda_peak_delta_mb": _common.median(r.get("cuda_peak_delta_mb") for r in ok),
+        "cuda_peak_warmup_delta_mb": _common.median(r.get("cuda_peak_warmup_delta_mb")
+                                                    for r in ok),
         "error": errors[0]["error"] if errors else None,
     }
     if errors and "traceback" in errors[0]:
@@ -172,10 +216,20 @@ def pass_count_bounds(args: argparse.Namespace) -> dict:
 def benchmark(args: argparse.Namespace) -> dict:
     """Run the whole comparison and return the report (also written to disk by main)."""
     t_start = time.perf_counter()
-    versions = setup_betty_venv(force=False)
-    log(f"[bench] betty venv: betty, torch = {versions}")
+    if args.betty_python or args.no_setup:
+        # Betty is expected to be importable already; a failure is reported per run, and the
+        # mlodsl side is still measured.
+        versions = betty_ready(args.betty_python)
+        log(f"[bench] betty from {args.betty_python or venv_python()}: betty, torch = "
+            f"{versions or 'NOT IMPORTABLE'}")
+    else:
+        versions = setup_betty_venv(force=False)
+        log(f"[bench] betty venv: betty, torch = {versions}")
 
-    passcount = {} if args.no_passcount else pass_count_bounds(args)
+    if args.device == "cuda" and not args.no_passcount:
+        log("[bench] pass-count bound skipped: it is timed on the CPU")
+    skip_bound = args.no_passcount or args.device == "cuda"
+    passcount = {} if skip_bound else pass_count_bounds(args)
     rows = []
     configs = [(p, m, k) for p in args.programs for m in args.methods for k in args.unrolls]
     for n, (program, method, unroll) in enumerate(configs, 1):
@@ -186,8 +240,11 @@ def benchmark(args: argparse.Namespace) -> dict:
                 res = run_program(side, program, method, unroll, args)
                 runs[side].append(res)
                 spi, cpi = res.get("seconds_per_iter"), res.get("cpu_seconds_per_iter")
+                gpu = (f", {res['cuda_peak_delta_mb']:.1f} MiB GPU peak rise on "
+                       f"{res.get('device')}" if res.get("cuda_peak_delta_mb") is not None
+                       else "")
                 log(f"[{n}/{len(configs)}] {program} {method} unroll={unroll} rep={rep} "
-                    f"{side}: " + (f"{spi * 1e3:.2f} ms/iter wall, {cpi * 1e3:.2f} cpu"
+                    f"{side}: " + (f"{spi * 1e3:.2f} ms/iter wall, {cpi * 1e3:.2f} cpu{gpu}"
                                    if spi else res.get("error")))
         b, m = summarize(runs["betty"]), summarize(runs["mlodsl"])
         bound = passcount.get("index", {}).get((program, method, unroll)) or {}
@@ -197,6 +254,11 @@ def benchmark(args: argparse.Namespace) -> dict:
             "ratio_time": ratio(m["seconds_per_iter"], b["seconds_per_iter"]),
             "ratio_cpu_time": ratio(m["cpu_seconds_per_iter"], b["cpu_seconds_per_iter"]),
             "ratio_memory": ratio(m["peak_rss_delta_mb"], b["peak_rss_delta_mb"]),
+            "ratio_cuda_memory": ratio(m["cuda_peak_delta_mb"], b["cuda_peak_delta_mb"]),
+            "ratio_cuda_peak": ratio(m["cuda_peak_mb"], b["cuda_peak_mb"]),
+            # both sides must have run where they were asked to (None when a side failed)
+            "same_device": (m["device"] == b["device"]
+                            if m["device"] is not None and b["device"] is not None else None),
             "bound_seconds": bound.get("bound_seconds"),
             "bound_plain_steps": bound.get("bound_plain_steps"),
             "passes": bound.get("passes"),
@@ -215,6 +277,13 @@ def benchmark(args: argparse.Namespace) -> dict:
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
         "betty_venv": versions,
+        "betty_python": args.betty_python or str(venv_python()),
+        "device": args.device,
+        "devices_seen": sorted({r[s]["device"] for r in rows for s in SIDES
+                                if r[s]["device"] is not None}),
+        "device_names": sorted({r[s]["device_name"] for r in rows for s in SIDES
+                                if r[s]["device_name"]}),
+        "torch_versions": sorted({r[s]["torch"] for r in rows for s in SIDES if r[s]["torch"]}),
         "mlodsl_commit": git_commit(),
         "rows": rows,
         "accuracy": accuracy,
@@ -273,16 +342,26 @@ def table(report: dict) -> str:
             "mem_ratio": r["ratio_memory"],
             "bound_ms": ms(r["bound_seconds"]), "bound_steps": r["bound_plain_steps"],
             "m_over_bound": r["mlodsl_over_bound"], "b_over_bound": r["betty_over_bound"],
+            "betty_gpu": b.get("cuda_peak_delta_mb"), "mlodsl_gpu": m.get("cuda_peak_delta_mb"),
+            "gpu_ratio": r.get("ratio_cuda_memory"),
+            "betty_gpu_peak": b.get("cuda_peak_mb"), "mlodsl_gpu_peak": m.get("cuda_peak_mb"),
             "note": "; ".join(note)[:160],
         })
-    text = _common.format_table(rows, [
+    on_gpu = report["settings"].get("device") == "cuda"
+    columns = [
         ("config", "config"), ("betty_ms", "betty ms/it"), ("mlodsl_ms", "mlodsl ms/it"),
         ("ratio", "ratio"), ("betty_cpu", "betty cpu ms"), ("mlodsl_cpu", "mlodsl cpu ms"),
-        ("cpu_ratio", "cpu ratio"), ("betty_mb", "betty dRSS MB"),
-        ("mlodsl_mb", "mlodsl dRSS MB"), ("mem_ratio", "mem ratio"),
-        ("bound_ms", "bound ms"), ("bound_steps", "bound steps"),
-        ("m_over_bound", "mlodsl/bound"), ("b_over_bound", "betty/bound"), ("note", "note")],
-        floatfmt=".3g")
+        ("cpu_ratio", "cpu ratio")]
+    if on_gpu:  # GPU memory is the memory that matters there; the CPU-timed bound is skipped
+        columns += [("betty_gpu", "betty dGPU MiB"), ("mlodsl_gpu", "mlodsl dGPU MiB"),
+                    ("gpu_ratio", "gpu mem ratio"), ("betty_gpu_peak", "betty GPU peak"),
+                    ("mlodsl_gpu_peak", "mlodsl GPU peak"), ("note", "note")]
+    else:
+        columns += [("betty_mb", "betty dRSS MB"), ("mlodsl_mb", "mlodsl dRSS MB"),
+                    ("mem_ratio", "mem ratio"), ("bound_ms", "bound ms"),
+                    ("bound_steps", "bound steps"), ("m_over_bound", "mlodsl/bound"),
+                    ("b_over_bound", "betty/bound"), ("note", "note")]
+    text = _common.format_table(rows, columns, floatfmt=".3g")
     acc = [a for a in report.get("accuracy", []) if "program" in a]
     if acc:
         text += "\n\naccuracy on digits (darts, unroll 1):\n" + _common.format_table(
@@ -295,6 +374,13 @@ def table(report: dict) -> str:
              ("mlodsl", "mlodsl acc %"), ("betty_loss", "betty loss"),
              ("mlodsl_loss", "mlodsl loss"), ("note", "note")])
     s = report["settings"]
+    if on_gpu:
+        text += (f"\n\nDevice: {', '.join(report.get('devices_seen') or ['?'])} "
+                 f"({', '.join(report.get('device_names') or ['?'])}), torch "
+                 f"{', '.join(report.get('torch_versions') or ['?'])}. ms/it = wall-clock with "
+                 f"torch.cuda.synchronize() at each stamp; dGPU = rise of "
+                 f"torch.cuda.max_memory_allocated during Engine.run() above the memory "
+                 f"allocated before it; GPU peak = the absolute max_memory_allocated (MiB).")
     text += (f"\n\n{s['iters']} measured MLO iterations after {s['warmup']} warmup, median of "
              f"{s['repeats']} fresh processes per side, {s['threads']} thread(s); "
              f"ms/it = wall, cpu ms = process CPU time per MLO iteration; ratio = mlodsl/betty; "
@@ -326,8 +412,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--no-passcount", action="store_true")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per process")
-    ap.add_argument("--out", default=str(RESULTS / "vs_betty.json"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="run both libraries on the CPU (default; GPUs hidden) or on CUDA")
+    ap.add_argument("--betty-python", default=None, metavar="PYTHON",
+                    help="interpreter that imports Betty (e.g. python3 with PYTHONPATH set) "
+                         "instead of benchmarks/.betty-venv; PYTHONPATH is passed through")
+    ap.add_argument("--no-setup", action="store_true",
+                    help="never create the Betty venv (Betty must already be importable)")
+    ap.add_argument("--out", default=None,
+                    help="JSON report (default results/vs_betty.json, vs_betty_cuda.json on "
+                         "CUDA)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(RESULTS / ("vs_betty_cuda.json" if args.device == "cuda"
+                                  else "vs_betty.json"))
     quick = args.quick
     args.iters = args.iters or (30 if quick else 100)
     args.warmup = args.warmup if args.warmup is not None else (5 if quick else 10)

@@ -27,7 +27,7 @@ from mlodsl.configs import Config, EngineConfig
 from mlodsl.engine import Engine
 
 args = _common.program_args(__doc__.splitlines()[0])
-_common.setup_process(args.threads, args.seed)
+_common.setup_process(args.threads, args.seed, args.device)
 x_train, y_train, x_test, y_test = _common.load_data(args.data, args.seed)
 
 
