@@ -21,6 +21,12 @@ by sampling, so the score-function estimator does not apply to it.
 
     python benchmarks/hypergrad_cost.py            # default run, about 3 minutes on 2 cores
     python benchmarks/hypergrad_cost.py --iters 5  # quicker
+    python benchmarks/hypergrad_cost.py --device cuda --out results/hypergrad_cost_cuda.json
+
+On CUDA every time is wall-clock after ``torch.cuda.synchronize()`` (the upper loader's
+stamps synchronise too), and each row also has ``cuda_peak_mb``, the absolute
+``torch.cuda.max_memory_allocated`` of the MLO iterations (model, data and optimizer state
+included), besides ``peak_mb``, its rise above what was allocated before them.
 """
 from __future__ import annotations
 
@@ -60,7 +66,7 @@ def _child(spec: dict) -> dict:
 
     from mlodsl import Config, Engine, EngineConfig, ImplicitProblem
 
-    _common.setup_process(spec["threads"], 0)
+    _common.setup_process(spec["threads"], 0)  # devices: placed explicitly below
     x, y, _, _ = _common.synthetic_data(0)
     device = torch.device(spec["device"])
     x, y = x.to(device), y.to(device)
@@ -156,7 +162,12 @@ def _child(spec: dict) -> dict:
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else _common.peak_rss_mb()) - base
     mlo_s = hpo_loader.seconds_per_batch(warm, iters)
-    return {"plain_s": plain_s, "mlo_s": mlo_s, "ratio": mlo_s / plain_s, "peak_mb": peak}
+    out = {"plain_s": plain_s, "mlo_s": mlo_s, "ratio": mlo_s / plain_s, "peak_mb": peak,
+           "device": str(next(cls_mod.parameters()).device)}
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_base_mb"] = base
+    return out
 
 
 def main(argv=None) -> int:
@@ -167,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--only", default=None, help="comma-separated labels to run")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -180,21 +193,42 @@ def main(argv=None) -> int:
             continue
         spec = dict(config=config, unroll=T, iters=args.iters, warmup=args.warmup,
                     plain_steps=args.plain_steps, threads=args.threads, device=args.device)
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                              capture_output=True, text=True, cwd=str(HERE.parent))
-        result = _common.parse_result_line(proc.stdout) or {
-            "error": _common.error_string(RuntimeError(proc.stderr.strip()[-400:]))}
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                  capture_output=True, text=True, cwd=str(HERE.parent),
+                                  timeout=args.timeout)
+            result = _common.parse_result_line(proc.stdout) or {
+                "error": _common.error_string(RuntimeError(proc.stderr.strip()[-400:]))}
+        except subprocess.TimeoutExpired:  # one hung configuration must not cost the rest
+            result = {"error": f"timeout after {args.timeout}s"}
         rows.append({"method": label, "unroll": T, **result})
         print(f"{label}: {result}", file=sys.stderr, flush=True)
-    meta = {"torch": __import__("torch").__version__, "device": args.device,
+        if args.out:  # after every configuration: a run cut short keeps what it measured
+            _write(args.out, {"meta": {"partial": True, "device": args.device}, "results": rows})
+    torch = __import__("torch")
+    meta = {"torch": torch.__version__, "device": args.device,
             "threads": args.threads, "iters": args.iters, "machine": os.uname().machine,
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps({"meta": meta, "results": rows}, indent=1))
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        meta["device_name"] = torch.cuda.get_device_name()
+        meta["cuda"] = torch.version.cuda
+    report = {"meta": meta, "results": rows}
+    print(json.dumps(report, indent=1))
     print()
-    print(_common.format_table(rows, [("method", "method"), ("unroll", "T"),
-                                      ("plain_s", "plain s/step"), ("mlo_s", "s/MLO iter"),
-                                      ("ratio", "ratio"), ("peak_mb", "peak MiB")]))
+    columns = [("method", "method"), ("unroll", "T"), ("plain_s", "plain s/step"),
+               ("mlo_s", "s/MLO iter"), ("ratio", "ratio"), ("peak_mb", "peak MiB")]
+    if any("cuda_peak_mb" in r for r in rows):
+        columns.append(("cuda_peak_mb", "max_memory_allocated MiB"))
+    print(_common.format_table(rows, columns + [("error", "error")]))
+    if args.out:
+        _write(args.out, report)
     return 0
+
+
+def _write(path: str, report: dict) -> None:
+    """Write the JSON report (the folder is created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=1))
 
 
 def _cuda() -> bool:

@@ -269,6 +269,9 @@ def benchmark(args: argparse.Namespace) -> dict:
                                if m["test_loss"] is not None and b["test_loss"] is not None
                                else None),
         })
+        # After every configuration: a run cut short (a time limit) keeps what it measured.
+        _write_json(args.out, {"benchmark": "mlodsl vs Betty", "partial": True,
+                               "device": args.device, "betty_venv": versions, "rows": rows})
 
     accuracy = [] if args.no_accuracy else accuracy_check(args)
     return {
@@ -312,6 +315,13 @@ def accuracy_check(args: argparse.Namespace) -> list[dict]:
                 f"loss={res.get('test_loss')} error={res.get('error')}")
         out.append(row)
     return out
+
+
+def _write_json(path: str, report: dict) -> None:
+    """Write ``report`` to ``path`` (the folder is created)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
 
 
 def git_commit() -> str | None:
@@ -448,8 +458,7 @@ def main(argv=None) -> int:
         return 0
     report = benchmark(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    _write_json(args.out, report)
     print(table(report))
     print()
     print(json.dumps(report))
