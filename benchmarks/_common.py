@@ -206,13 +206,16 @@ class TimedLoader(torch.utils.data.DataLoader):
         self.cpu_stamps: list[float] = []
         self.rss_stamps: list[float] = []  # peak RSS so far, to split warmup from steady state
         self.cuda_stamps: list[float | None] = []  # peak GPU memory so far (CUDA only)
+        #: synchronise CUDA before each stamp (set by :func:`run_and_report` on the loader
+        #: that times the run: the upper's, so one sync per MLO iteration on either side)
+        self.sync_cuda = False
 
     def __iter__(self):
         for batch in super().__iter__():
             # On a GPU the library's kernels run asynchronously: wait for them, or the stamp
-            # would time their launch instead of their work (one sync per batch of this
-            # loader, i.e. per MLO iteration when it is the upper's; the same for both sides).
-            cuda_sync()
+            # would time their launch instead of their work.
+            if self.sync_cuda:
+                cuda_sync()
             self.stamps.append(time.perf_counter())
             self.cpu_stamps.append(time.process_time())
             self.rss_stamps.append(peak_rss_mb())
@@ -383,6 +386,7 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
             cuda_sync()
             torch.cuda.reset_peak_memory_stats(device)
             result["cuda_allocated_before_mb"] = torch.cuda.memory_allocated(device) / 2**20
+        upper_loader.sync_cuda = device.type == "cuda"
         peak_before_trim, rss_before = reset_peak_rss()
         t0, c0 = time.perf_counter(), time.process_time()
         engine.run()

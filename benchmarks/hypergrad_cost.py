@@ -142,6 +142,7 @@ def _child(spec: dict) -> dict:
                                                       momentum=0.9),
                             train_data_loader=loader(2), config=Config(unroll_steps=T))
     hpo_loader = loader(3)
+    hpo_loader.sync_cuda = device.type == "cuda"  # its stamps time the MLO iterations
     hpo = HPO(name="hpo", module=hpo_mod,
               optimizer=torch.optim.Adam(hpo_mod.parameters(), lr=1e-5),
               train_data_loader=hpo_loader, config=Config(unroll_steps=T, **spec["config"]))
