@@ -23,6 +23,7 @@ import torch
 from mlodsl.compiler import ir
 from mlodsl.compiler.fxloss import locate_failure, unpack_batch
 from mlodsl.compiler.interpret import SourceMap, describe_exception, user_frame
+from mlodsl.compiler.slicing import gradient_slice
 from mlodsl.diagnostics import Diagnostic, MLOError
 from mlodsl.runtime.config import EngineConfig
 from mlodsl.runtime.engine import EdgeSpec, Engine
@@ -45,20 +46,32 @@ class GraphLoss:
                  sources: SourceMap):
         self.problem, self.field, self.gm, self.sources = problem, field_, gm, sources
         self.names = tuple(field_.params or ())
+        self._slices: dict[tuple[str, ...], torch.fx.GraphModule | None] = {}
 
-    def __call__(self, batch: Any) -> Any:
+    def slice_for(self, wrt: tuple[str, ...]) -> torch.fx.GraphModule | None:
+        """The loss graph's gradient slice for ``wrt`` (cached), or None when nothing drops.
+
+        See :mod:`mlodsl.compiler.slicing`.
+        """
+        if wrt not in self._slices:
+            self._slices[wrt] = gradient_slice(self.gm, wrt)
+        return self._slices[wrt]
+
+    def __call__(self, batch: Any, graph: torch.fx.GraphModule | None = None) -> Any:
+        """The loss on ``batch`` (``graph``: a slice of the loss graph to run instead)."""
         try:
             parts = unpack_batch(batch, self.names)
         except ValueError as err:
             raise self.sources.error(self.field, f"the loss of '{self.problem}': {err}",
                                      kind="run", span=self.field.name_span) from None
+        gm = self.gm if graph is None else graph
         try:
             # forward, not __call__: GraphModule's wrapper prints its own report to stderr.
-            return self.gm.forward(*parts)
+            return gm.forward(*parts)
         except MLOError:
             raise
         except Exception as err:  # noqa: BLE001 - reported at the .mlo position
-            node = locate_failure(self.gm, err.__traceback__)
+            node = locate_failure(gm, err.__traceback__)
             span = node.meta.get("mlo_span") if node is not None else None
             frame = user_frame(err.__traceback__)
             raise self.sources.error(
@@ -99,6 +112,19 @@ class CompiledProblem(ImplicitProblem):
     def training_step(self, batch: Any) -> Any:
         """The loss on one batch (the fx graph, or the user's callable)."""
         return self.loss_fn(batch)
+
+    def target_loss(self, batch: Any, targets: tuple[str, ...]) -> torch.Tensor | None:
+        """The loss graph's gradient slice for ``targets`` on ``batch`` (None: no slice).
+
+        A callable loss is opaque: it has none.
+        """
+        graph = self.loss_fn.slice_for(targets) if isinstance(self.loss_fn, GraphLoss) else None
+        if graph is None:
+            return None
+        out = self.loss_fn(batch, graph)
+        if not isinstance(out, torch.Tensor) or out.numel() != 1:
+            return None  # let the full loss report what is wrong with the output
+        return out.reshape(())
 
 
 # ----------------------------------------------------------------------------- the plan

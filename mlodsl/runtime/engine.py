@@ -29,6 +29,7 @@ import math
 import random
 import signal
 import threading
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -40,7 +41,8 @@ from mlodsl.runtime import checkpoint as ckpt
 from mlodsl.runtime import distributed as dist
 from mlodsl.runtime.config import EngineConfig
 from mlodsl.runtime.device import resolve_device
-from mlodsl.runtime.functional import ModuleView, substitute
+from mlodsl.runtime.functional import (ModuleView, gradient_fingerprint, same_fingerprint,
+                                       substitute)
 from mlodsl.runtime.logging import MetricsLog, make_sinks
 from mlodsl.runtime.precision import Precision
 from mlodsl.runtime.progress import make_progress
@@ -146,6 +148,8 @@ class Engine:
         self._below_cache: dict[str, list[str]] = {}
         self._ancestors_cache: dict[tuple[str, frozenset], list[str]] = {}
         self._method_states: dict[tuple[str, str], dict] = {}
+        # (problem, wrt) -> whether its gradient slice agreed with the full loss (checked once)
+        self._surrogates_ok: dict[tuple[str, tuple[str, ...]], bool] = {}
         self._unrolled = {e.lower for e in edge_specs if e.method == "unroll"} | {
             n for n, p in self.problems.items() if p.iterative and self.schedule.uppers(n)}
         self.global_step = 0
@@ -271,13 +275,21 @@ class Engine:
 
     # -- loss evaluation ---------------------------------------------------------------------
     def evaluate_loss(self, problem: Problem, batch: Any, params: Sequence[torch.Tensor] | None
-                      = None, own_step: bool = False, with_metrics: bool = False):
+                      = None, own_step: bool = False, with_metrics: bool = False,
+                      grad_wrt: Sequence[str] | None = None):
         """``problem``'s loss on ``batch``, optionally at other parameters, functionally.
 
         Every problem's module sees its current tensors (fast weights while unrolled); with
         ``params`` the problem's own trainable parameters are replaced. Buffers of every module
         are protected, except the problem's own during its own step.
+
+        ``grad_wrt`` (problem names) says that only the loss's gradient with respect to those
+        problems' parameters will be used: the problem may then return a cheaper scalar with
+        the same gradient there (:meth:`Problem.target_loss`; a compiled loss drops the terms
+        that read none of them). Each such surrogate is checked once against the full loss.
         """
+        compute = problem.compute_loss if grad_wrt is None else \
+            (lambda b: self._target_loss(problem, b, tuple(grad_wrt)))
         views = []
         for other in self.problems.values():
             mapping = None
@@ -290,11 +302,43 @@ class Engine:
                 views.append((other.module, ModuleView(mapping, protect_buffers=protect)))
         if not views:
             with self.precision.autocast(problem):
-                loss, metrics = problem.compute_loss(batch)
+                loss, metrics = compute(batch)
         else:
             with substitute(views), self.precision.autocast(problem):
-                loss, metrics = problem.compute_loss(batch)
+                loss, metrics = compute(batch)
         return (loss, metrics) if with_metrics else loss
+
+    def _target_loss(self, problem: Problem, batch: Any, wrt: tuple[str, ...]):
+        """``problem.target_loss``, checked once per ``(problem, wrt)`` against the full loss.
+
+        A surrogate whose gradient disagrees (a module that reads another problem's parameters
+        behind the graph's back, say) is never used again; the run goes on with the full loss
+        and a warning says why.
+        """
+        key = (problem.name, wrt)
+        verdict = self._surrogates_ok.get(key)
+        if verdict is False:
+            return problem.compute_loss(batch)
+        if verdict is None:
+            # The full loss's gradient first, its graph freed before the surrogate is built:
+            # the check costs one evaluation, not a higher peak of memory.
+            full, metrics = problem.compute_loss(batch)
+            params = [p for name in wrt for p in self.problems[name].current_parameters()]
+            reference = gradient_fingerprint(full, params)
+            surrogate = problem.target_loss(batch, wrt)
+            if surrogate is None:
+                return full, metrics
+            del full
+            verdict = self._surrogates_ok[key] = same_fingerprint(
+                reference, gradient_fingerprint(surrogate, params))
+            if not verdict:
+                warnings.warn(f"the gradient slice of '{problem.name}''s loss for "
+                              f"{', '.join(wrt)} disagreed with the full loss; using the full "
+                              "loss from now on", RuntimeWarning, stacklevel=2)
+                return problem.compute_loss(batch)
+            return surrogate, {}
+        surrogate = problem.target_loss(batch, wrt)
+        return (surrogate, {}) if surrogate is not None else problem.compute_loss(batch)
 
     # -- running -----------------------------------------------------------------------------
     def train_step(self) -> None:

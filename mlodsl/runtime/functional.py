@@ -25,7 +25,7 @@ try:  # torch.func.functional_call's own machinery; public enough to rely on sin
 except ImportError:  # pragma: no cover - very old torch
     _reparametrize_module = None
 
-__all__ = ["substitute", "ModuleView"]
+__all__ = ["substitute", "ModuleView", "gradient_fingerprint", "same_fingerprint"]
 
 
 class ModuleView:
@@ -64,3 +64,39 @@ def substitute(views: Sequence[tuple[nn.Module, ModuleView]]) -> Iterator[None]:
             if mapping:
                 stack.enter_context(_reparametrize_module(module, mapping, tie_weights=True))
         yield
+
+
+
+
+
+def gradient_fingerprint(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[tuple]:
+    """Per parameter, ``(sum g, |g|, numel)`` of ``g = d loss / d params`` (None where unused).
+
+    A few numbers per tensor instead of the gradient itself: checking a loss slice against the
+    full loss (:meth:`Engine.evaluate_loss` with ``grad_wrt``) then holds no parameter-sized
+    copy while the slice is evaluated. The graph is retained: ``params`` may be fast weights
+    whose unrolled tape other gradients still need.
+    """
+    if not loss.requires_grad:
+        return [None] * len(params)
+    grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
+    return [None if g is None else
+            (float(g.detach().sum()), float(torch.linalg.vector_norm(g.detach())), g.numel())
+            for g in grads]
+
+
+def same_fingerprint(a: Sequence[tuple | None], b: Sequence[tuple | None],
+                     rtol: float = 1e-3) -> bool:
+    """Whether two :func:`gradient_fingerprint` results agree to rounding (None is zero).
+
+    ``|sum g|`` is at most ``sqrt(numel) |g|``, so the sums are compared on that scale.
+    """
+    for fa, fb in zip(a, b):
+        if fa is None and fb is None:
+            continue
+        sa, na, n = fa if fa is not None else (0.0, 0.0, fb[2])
+        sb, nb, _ = fb if fb is not None else (0.0, 0.0, n)
+        scale = max(na, nb)
+        if abs(na - nb) > rtol * scale or abs(sa - sb) > rtol * scale * n ** 0.5:
+            return False
+    return True

@@ -91,6 +91,17 @@ class Problem:
         raise NotImplementedError(
             f"problem '{self._name}' must define training_step(self, batch)")
 
+    def target_loss(self, batch: Any, targets: tuple[str, ...]) -> torch.Tensor | None:
+        """A scalar with the loss's gradient in ``targets``' parameters, cheaper than the loss.
+
+        Hypergradient methods that differentiate this problem's loss only with respect to its
+        uppers (``darts``, ``sama``) ask for it. None (the default) means "use the loss";
+        compiled problems return their loss graph's gradient slice
+        (:mod:`mlodsl.compiler.slicing`). The engine checks a surrogate once against the full
+        loss before trusting it.
+        """
+        return None
+
     def param_callback(self, params: list[torch.Tensor]) -> None:
         """Called after each optimizer step with the trainable parameters (e.g. to clamp)."""
 

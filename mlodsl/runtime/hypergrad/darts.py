@@ -31,13 +31,15 @@ def darts(request: HypergradRequest, alpha: float = 0.01) -> list[torch.Tensor |
     w = [p.detach() for p in request.lower_params()]
     v = [t.detach() for t in request.v]
     eps = alpha / (_norm(v) + 1e-12)
-    step = torch._foreach_mul(v, eps)
-    plus = torch._foreach_add(w, step)
-    g_plus = request.grad_targets(request.lower_loss(plus))
+    # w + (eps v) and w + (-eps) v: one perturbed copy alive at a time, and w - eps v exactly
+    # (negating eps is exact), without keeping eps v around for the second one.
+    plus = torch._foreach_mul(v, eps)
+    torch._foreach_add_(plus, w)
+    g_plus = request.grad_targets(request.lower_loss(plus, for_targets=True))
     del plus  # its memory is free for the next perturbed copy
-    minus = torch._foreach_sub(w, step)
-    del step
-    g_minus = request.grad_targets(request.lower_loss(minus))
+    minus = torch._foreach_mul(v, -eps)
+    torch._foreach_add_(minus, w)
+    g_minus = request.grad_targets(request.lower_loss(minus, for_targets=True))
     del minus
     two_eps = 2 * eps
     out: list[torch.Tensor | None] = []

@@ -68,12 +68,18 @@ class HypergradRequest:
             out.extend(t.current_parameters())
         return out
 
-    def lower_loss(self, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def lower_loss(self, params: Sequence[torch.Tensor] | None = None,
+                   for_targets: bool = False) -> torch.Tensor:
         """The lower's loss on the batch of its last step, at ``params`` (default: current).
 
-        Evaluated functionally: live parameters and buffers are not modified.
+        Evaluated functionally: live parameters and buffers are not modified. With
+        ``for_targets`` the caller promises to differentiate the result only with respect to
+        the targets, and gets a scalar with that gradient, possibly not the loss's value: a
+        compiled loss leaves out the terms that read no target (:mod:`mlodsl.compiler.slicing`).
         """
-        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params)
+        wrt = tuple(t.name for t in self.targets) if for_targets else None
+        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
+                                         grad_wrt=wrt)
 
     def lower_loss_and_metrics(self, params=None):
         """Like :meth:`lower_loss` but also returns the training step's other outputs."""

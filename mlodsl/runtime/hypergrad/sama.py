@@ -89,8 +89,8 @@ def sama(request: HypergradRequest, alpha: float = 1.0) -> list[torch.Tensor | N
     eps = alpha / (norm(v) + 1e-12)
     plus = [a + eps * b for a, b in zip(w, v)]
     minus = [a - eps * b for a, b in zip(w, v)]
-    g_plus = request.grad_targets(request.lower_loss(plus))
-    g_minus = request.grad_targets(request.lower_loss(minus))
+    g_plus = request.grad_targets(request.lower_loss(plus, for_targets=True))
+    g_minus = request.grad_targets(request.lower_loss(minus, for_targets=True))
     out: list[torch.Tensor | None] = []
     for gp, gm in zip(g_plus, g_minus):
         if gp is None and gm is None:
