@@ -128,8 +128,13 @@ class DifferentiableOptimizer:
                 if isinstance(old, torch.Tensor):
                     target["step"] = torch.tensor(float(state["step"]), dtype=old.dtype,
                                                   device=old.device)
-                else:
-                    target["step"] = torch.tensor(float(state["step"]), dtype=_scalar_dtype())
+                else:  # capturable/fused optimizers keep their step beside the parameter
+                    group = next(g for g in self.optimizer.param_groups
+                                 if any(q is p for q in g["params"]))
+                    device = p.device if group.get("capturable") or group.get("fused") \
+                        else None
+                    target["step"] = torch.tensor(float(state["step"]), dtype=_scalar_dtype(),
+                                                  device=device)
 
     def carried_state(self) -> list[dict]:
         """The state tensors carried between steps (for checkpointing the unrolled steps)."""

@@ -198,6 +198,7 @@ class Problem:
         if self.optimizer is None:
             raise MLOError(f"problem '{self._name}' has no optimizer: pass optimizer=... or "
                            "define configure_optimizer()")
+        _move_optimizer_state(self.optimizer, self.device)
         if self.scheduler is None:
             self.scheduler = self.configure_scheduler()
         if self.train_data_loader is None:
@@ -235,6 +236,26 @@ class Problem:
             raise MLOError(f"problem '{self._name}': training_step must return a scalar tensor "
                            f"(or a dict with one under 'loss'), got {type(out).__name__}")
         return out.reshape(()), metrics
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move state an optimizer already holds (loaded before the engine) to ``device``.
+
+    A step counter stays where torch keeps it (on the CPU) unless the group is capturable or
+    fused, where torch wants it beside the parameters.
+    """
+    for group in optimizer.param_groups:
+        on_device = group.get("capturable") or group.get("fused")
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for k, v in state.items():
+                if not isinstance(v, torch.Tensor) or v.device == device:
+                    continue
+                if k == "step" and not on_device:
+                    continue
+                state[k] = v.to(device)
 
 
 class ImplicitProblem(Problem):

@@ -108,3 +108,34 @@ def test_a_missing_gpu_is_a_clear_error():
         resolve_device("cuda:7")
     with pytest.raises(MLOError, match="cuda:7"):
         H.mlp_engine("cuda:7", iters=1)
+
+
+def test_optimizer_state_loaded_before_the_engine_moves_to_the_device():
+    """A user who restores an optimizer's state (on the CPU) before building the engine:
+    momentum and Adam moments follow the module to the device, and training goes on."""
+    from mlodsl import Config, Engine, EngineConfig
+    from mlodsl.runtime.data import make_loader
+
+    torch.manual_seed(0)
+    net, decay = H.Net(), H.Decay()
+    opt_net = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt_decay = torch.optim.Adam(decay.parameters(), lr=1e-3)
+    for opt, module in ((opt_net, net), (opt_decay, decay)):  # one CPU step: state exists
+        for p in module.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        opt.zero_grad()
+    assert all(s for s in opt_net.state.values())
+    lower = H.MLPLower(name="lower", module=net, optimizer=opt_net,
+                       train_data_loader=make_loader(H.mlp_data(96, 123), 16, shuffle=True,
+                                                     seed=1), config=Config())
+    upper = H.MLPUpper(name="upper", module=decay, optimizer=opt_decay,
+                       train_data_loader=make_loader(H.mlp_data(64, 7), 16, shuffle=True,
+                                                     seed=2),
+                       config=Config(type="darts", unroll_steps=2))
+    engine = H.quiet(Engine(config=EngineConfig(train_iters=6, valid_step=0,
+                                                device=str(H.DEVICE)),
+                            problems=[upper, lower],
+                            dependencies={"l2u": {lower: [upper]}, "u2l": {upper: [lower]}}))
+    engine.run()
+    assert H.placement_errors(engine) == []

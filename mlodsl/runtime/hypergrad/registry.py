@@ -86,15 +86,6 @@ class HypergradRequest:
         return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
                                          with_metrics=True)
 
-    def grad_targets(self, loss: torch.Tensor, create_graph: bool = False
-                     ) -> list[torch.Tensor | None]:
-        """``d loss / d targets`` (None where the loss does not reach a target parameter)."""
-        targets = self.target_params()
-        if not loss.requires_grad:  # the lower's loss reads none of its uppers
-            return [None] * len(targets)
-        return list(torch.autograd.grad(loss, targets, allow_unused=True,
-                                        create_graph=create_graph))
-
     def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,
                    params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """``d loss / d w`` (zeros for parameters the loss does not reach)."""
