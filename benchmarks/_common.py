@@ -67,6 +67,10 @@ def program_args(description: str, argv: Sequence[str] | None = None) -> argpars
                    help="where both libraries run; neither program names a device (Betty "
                         "0.2.1 picks CUDA when it is visible), so 'cpu' hides the GPUs "
                         "(CUDA_VISIBLE_DEVICES='') and 'cuda' requires one")
+    p.add_argument("--tensor-memory", action="store_true",
+                   help="measure the peak of live CPU tensor bytes during the run instead of "
+                        "time (torch.profiler's memory events; slows the run, so it is a pass "
+                        "of its own)")
     p.add_argument("--json", action="store_true", help="print one JSON result line")
     args = p.parse_args(argv)
     if args.unroll < 1 or args.iters < 1 or args.warmup < 0:
@@ -222,6 +226,19 @@ class TimedLoader(torch.utils.data.DataLoader):
             self.cuda_stamps.append(cuda_peak_mb())
             yield batch
 
+    def median_seconds_per_batch(self, skip: int, count: int, cpu: bool = False
+                                 ) -> float | None:
+        """Median over the ``count`` intervals between consecutive stamps after ``skip``.
+
+        Less sensitive than the mean to another process's burst of work on a shared machine
+        (one interval inflated by a burst moves the mean, not the median).
+        """
+        stamps = self.cpu_stamps if cpu else self.stamps
+        if len(stamps) < skip + count + 1:
+            return None
+        window = stamps[skip:skip + count + 1]
+        return statistics.median(b - a for a, b in zip(window, window[1:]))
+
     def seconds_per_batch(self, skip: int, count: int, cpu: bool = False) -> float | None:
         """Mean seconds (wall, or process CPU with ``cpu``) between stamp ``skip`` and stamp
         ``skip + count``, or None if there are not that many stamps."""
@@ -232,6 +249,28 @@ class TimedLoader(torch.utils.data.DataLoader):
 
 
 # ----------------------------------------------------------------------------- measurement
+
+def run_with_tensor_memory(run) -> float:
+    """Call ``run()`` and return the peak of live CPU tensor memory it reached, in MiB.
+
+    The count is torch.profiler's memory events (every CPU tensor allocation and free, in
+    order), summed from the call's start: the CPU analogue of CUDA's ``max_memory_allocated``.
+    Unlike the process's RSS it does not depend on how the C allocator keeps freed memory, so
+    it is the same from run to run and compares what two libraries keep alive.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+              and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MiB (``getrusage``'s ``ru_maxrss``).
@@ -387,6 +426,12 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
             torch.cuda.reset_peak_memory_stats(device)
             result["cuda_allocated_before_mb"] = torch.cuda.memory_allocated(device) / 2**20
         upper_loader.sync_cuda = device.type == "cuda"
+        if args.tensor_memory:  # a memory pass: no timing (the profiler slows every op)
+            result["peak_tensor_mb"] = run_with_tensor_memory(engine.run)
+            result["timing"] = None
+            result.update(evaluate(classifier, x_test, y_test))
+            emit(result, args.json)
+            return 0
         peak_before_trim, rss_before = reset_peak_rss()
         t0, c0 = time.perf_counter(), time.process_time()
         engine.run()
@@ -421,6 +466,11 @@ def run_and_report(args: argparse.Namespace, program: str, make_engine, upper_lo
             result["timing"] = "upper-loader stamps"
         result["seconds_per_iter"] = spi
         result["cpu_seconds_per_iter"] = cpi
+        # per-iteration medians: what one iteration costs when nobody else is busy
+        result["median_seconds_per_iter"] = upper_loader.median_seconds_per_batch(
+            args.warmup, args.iters)
+        result["median_cpu_seconds_per_iter"] = upper_loader.median_seconds_per_batch(
+            args.warmup, args.iters, cpu=True)
         result["loadavg"] = os.getloadavg()[0]  # how busy the machine was (1-minute average)
         result.update(evaluate(classifier, x_test, y_test))
     except Exception as exc:  # report the failure as data: "library X cannot run this"

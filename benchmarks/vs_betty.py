@@ -57,6 +57,14 @@ BETTY_SPEC = "betty-ml==0.2.1"
 TORCH_SPEC = "torch==2.13.0"  # the CPU build on this machine's disk; any other spec may pull CUDA
 BETTY_EXTRA_DEPS = ["numpy"]  # what `import betty.engine` needs besides torch
 SIDES = ("betty", "mlodsl")
+#: the optional third side: the program written in the language (``<program>_mlo.py``)
+MLO_SIDE = "mlo"
+
+
+def sides_for(program: str) -> tuple[str, ...]:
+    """Betty, mlodsl's Python API, and the ``.mlo`` version where the program has one."""
+    has_mlo = (PROGRAMS_DIR / f"{program}_{MLO_SIDE}.py").exists()
+    return SIDES + ((MLO_SIDE,) if has_mlo else ())
 
 
 def log(msg: str) -> None:
@@ -126,8 +134,12 @@ def setup_betty_venv(force: bool = False) -> str:
 # ----------------------------------------------------------------------------- one measurement
 
 def run_program(side: str, program: str, method: str, unroll: int, args: argparse.Namespace,
-                iters: int | None = None, data: str = "synthetic") -> dict:
-    """Run one program in a fresh process and return its result (errors included)."""
+                iters: int | None = None, data: str = "synthetic",
+                tensor_memory: bool = False) -> dict:
+    """Run one program in a fresh process and return its result (errors included).
+
+    ``tensor_memory``: the program's memory pass (peak live CPU tensor bytes, no timing).
+    """
     if side == "betty":
         exe = args.betty_python or str(venv_python())
     else:
@@ -137,7 +149,7 @@ def run_program(side: str, program: str, method: str, unroll: int, args: argpars
            "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--seed", str(args.seed),
            "--hvp-iters", str(args.hvp_iters), "--data", data, "--device", args.device,
-           "--json"]
+           "--json"] + (["--tensor-memory"] if tensor_memory else [])
     env = _child_env(bool(args.betty_python), args.threads, args.device)
     t0 = time.perf_counter()
     try:
@@ -164,6 +176,10 @@ def summarize(runs: list[dict]) -> dict:
         "seconds_per_iter_all": [r.get("seconds_per_iter") for r in ok],
         "cpu_seconds_per_iter": _common.median(r.get("cpu_seconds_per_iter") for r in ok),
         "cpu_seconds_per_iter_all": [r.get("cpu_seconds_per_iter") for r in ok],
+        # median over repeats of each run's median iteration (robust to others' bursts)
+        "median_cpu_seconds_per_iter": _common.median(r.get("median_cpu_seconds_per_iter")
+                                                      for r in ok),
+        "median_cpu_seconds_per_iter_all": [r.get("median_cpu_seconds_per_iter") for r in ok],
         "loadavg": _common.median(r.get("loadavg") for r in ok),
         "peak_rss_delta_mb": _common.median(r.get("peak_rss_delta_mb") for r in ok),
         "peak_rss_mb": _common.median(r.get("peak_rss_mb") for r in ok),
@@ -233,9 +249,10 @@ def benchmark(args: argparse.Namespace) -> dict:
     rows = []
     configs = [(p, m, k) for p in args.programs for m in args.methods for k in args.unrolls]
     for n, (program, method, unroll) in enumerate(configs, 1):
-        runs = {s: [] for s in SIDES}
+        sides = sides_for(program)
+        runs = {s: [] for s in sides}
         for rep in range(args.repeats):
-            order = SIDES if rep % 2 == 0 else SIDES[::-1]  # alternate who goes first
+            order = sides if rep % 2 == 0 else sides[::-1]  # alternate who goes first
             for side in order:
                 res = run_program(side, program, method, unroll, args)
                 runs[side].append(res)
@@ -246,11 +263,32 @@ def benchmark(args: argparse.Namespace) -> dict:
                 log(f"[{n}/{len(configs)}] {program} {method} unroll={unroll} rep={rep} "
                     f"{side}: " + (f"{spi * 1e3:.2f} ms/iter wall, {cpi * 1e3:.2f} cpu{gpu}"
                                    if spi else res.get("error")))
-        b, m = summarize(runs["betty"]), summarize(runs["mlodsl"])
+        summary = {side: summarize(runs[side]) for side in sides}
+        if args.device == "cpu" and not args.no_tensor_memory:
+            # the memory pass: live tensor bytes, which RSS blurs with the C allocator's habits
+            for side in sides:
+                res = run_program(side, program, method, unroll, args,
+                                  iters=min(args.iters, 10), tensor_memory=True)
+                summary[side]["peak_tensor_mb"] = res.get("peak_tensor_mb")
+                log(f"[{n}/{len(configs)}] {program} {method} unroll={unroll} {side}: "
+                    f"peak live tensors {res.get('peak_tensor_mb') or 0:.2f} MiB"
+                    + (f" ({res['error']})" if res.get("error") else ""))
+        b, m = summary["betty"], summary["mlodsl"]
+        mlo = summary.get(MLO_SIDE)
         bound = passcount.get("index", {}).get((program, method, unroll)) or {}
         rows.append({
             "program": program, "method": method, "unroll": unroll,
-            "betty": b, "mlodsl": m,
+            "betty": b, "mlodsl": m, MLO_SIDE: mlo,
+            "ratio_median_cpu_time": ratio(m["median_cpu_seconds_per_iter"],
+                                           b["median_cpu_seconds_per_iter"]),
+            "ratio_tensor_memory": ratio(m.get("peak_tensor_mb"), b.get("peak_tensor_mb")),
+            "mlo_ratio_median_cpu_time": ratio(mlo["median_cpu_seconds_per_iter"],
+                                               b["median_cpu_seconds_per_iter"]) if mlo else None,
+            "mlo_ratio_tensor_memory": ratio(mlo.get("peak_tensor_mb"),
+                                             b.get("peak_tensor_mb")) if mlo else None,
+            "mlo_test_loss_diff": (abs(mlo["test_loss"] - b["test_loss"])
+                                   if mlo and mlo["test_loss"] is not None
+                                   and b["test_loss"] is not None else None),
             "ratio_time": ratio(m["seconds_per_iter"], b["seconds_per_iter"]),
             "ratio_cpu_time": ratio(m["cpu_seconds_per_iter"], b["cpu_seconds_per_iter"]),
             "ratio_memory": ratio(m["peak_rss_delta_mb"], b["peak_rss_delta_mb"]),
@@ -264,6 +302,12 @@ def benchmark(args: argparse.Namespace) -> dict:
             "passes": bound.get("passes"),
             # the bound's primitives are timed in CPU time: compare with CPU time
             "mlodsl_over_bound": ratio(m["cpu_seconds_per_iter"], bound.get("bound_seconds")),
+            "mlodsl_median_over_bound": ratio(m["median_cpu_seconds_per_iter"],
+                                              bound.get("bound_seconds")),
+            "mlo_median_over_bound": ratio(mlo["median_cpu_seconds_per_iter"],
+                                           bound.get("bound_seconds")) if mlo else None,
+            "betty_median_over_bound": ratio(b["median_cpu_seconds_per_iter"],
+                                             bound.get("bound_seconds")),
             "betty_over_bound": ratio(b["cpu_seconds_per_iter"], bound.get("bound_seconds")),
             "test_loss_diff": (abs(m["test_loss"] - b["test_loss"])
                                if m["test_loss"] is not None and b["test_loss"] is not None
@@ -307,7 +351,7 @@ def accuracy_check(args: argparse.Namespace) -> list[dict]:
     for program in args.programs:
         row = {"program": program, "method": "darts", "unroll": 1, "data": "digits",
                "iters": args.accuracy_iters}
-        for side in SIDES:
+        for side in sides_for(program):
             res = run_program(side, program, "darts", 1, args, iters=args.accuracy_iters,
                               data=data)
             row[side] = {k: res.get(k) for k in ("test_acc", "test_loss", "error")}
@@ -352,6 +396,17 @@ def table(report: dict) -> str:
             "mem_ratio": r["ratio_memory"],
             "bound_ms": ms(r["bound_seconds"]), "bound_steps": r["bound_plain_steps"],
             "m_over_bound": r["mlodsl_over_bound"], "b_over_bound": r["betty_over_bound"],
+            "betty_med": ms(b.get("median_cpu_seconds_per_iter")),
+            "mlodsl_med": ms(m.get("median_cpu_seconds_per_iter")),
+            "med_ratio": r.get("ratio_median_cpu_time"),
+            "mlo_med": ms((r.get(MLO_SIDE) or {}).get("median_cpu_seconds_per_iter")),
+            "mlo_ratio": r.get("mlo_ratio_median_cpu_time"),
+            "betty_tensor": b.get("peak_tensor_mb"), "mlodsl_tensor": m.get("peak_tensor_mb"),
+            "tensor_ratio": r.get("ratio_tensor_memory"),
+            "mlo_tensor": (r.get(MLO_SIDE) or {}).get("peak_tensor_mb"),
+            "m_med_bound": r.get("mlodsl_median_over_bound"),
+            "mlo_med_bound": r.get("mlo_median_over_bound"),
+            "b_med_bound": r.get("betty_median_over_bound"),
             "betty_gpu": b.get("cuda_peak_delta_mb"), "mlodsl_gpu": m.get("cuda_peak_delta_mb"),
             "gpu_ratio": r.get("ratio_cuda_memory"),
             "betty_gpu_peak": b.get("cuda_peak_mb"), "mlodsl_gpu_peak": m.get("cuda_peak_mb"),
@@ -367,10 +422,15 @@ def table(report: dict) -> str:
                     ("gpu_ratio", "gpu mem ratio"), ("betty_gpu_peak", "betty GPU peak"),
                     ("mlodsl_gpu_peak", "mlodsl GPU peak"), ("note", "note")]
     else:
-        columns += [("betty_mb", "betty dRSS MB"), ("mlodsl_mb", "mlodsl dRSS MB"),
-                    ("mem_ratio", "mem ratio"), ("bound_ms", "bound ms"),
-                    ("bound_steps", "bound steps"), ("m_over_bound", "mlodsl/bound"),
-                    ("b_over_bound", "betty/bound"), ("note", "note")]
+        columns += [("betty_med", "betty med ms"), ("mlodsl_med", "mlodsl med ms"),
+                    ("med_ratio", "med ratio"), ("mlo_med", ".mlo med ms"),
+                    ("mlo_ratio", ".mlo/betty"),
+                    ("betty_tensor", "betty tensor MiB"), ("mlodsl_tensor", "mlodsl tensor MiB"),
+                    ("tensor_ratio", "tensor ratio"), ("mlo_tensor", ".mlo tensor MiB"),
+                    ("betty_mb", "betty dRSS MB"), ("mlodsl_mb", "mlodsl dRSS MB"),
+                    ("mem_ratio", "dRSS ratio"), ("bound_ms", "bound ms"),
+                    ("m_med_bound", "mlodsl/bound"), ("mlo_med_bound", ".mlo/bound"),
+                    ("b_med_bound", "betty/bound"), ("note", "note")]
     text = _common.format_table(rows, columns, floatfmt=".3g")
     acc = [a for a in report.get("accuracy", []) if "program" in a]
     if acc:
@@ -394,9 +454,15 @@ def table(report: dict) -> str:
     text += (f"\n\n{s['iters']} measured MLO iterations after {s['warmup']} warmup, median of "
              f"{s['repeats']} fresh processes per side, {s['threads']} thread(s); "
              f"ms/it = wall, cpu ms = process CPU time per MLO iteration; ratio = mlodsl/betty; "
+             f"med ms = median CPU time of one MLO iteration (median over the run's "
+             f"iterations, then over the repeats), the steadier number on a shared machine; "
+             f".mlo = the same program written in the language (benchmarks/programs/*_mlo.py), "
+             f"whose darts/sama hypergradients differentiate gradient slices of the losses; "
+             f"tensor MiB = peak of live CPU tensor memory during Engine.run() (torch.profiler "
+             f"memory events, a separate 10-iteration pass); "
              f"dRSS = rise of peak RSS during Engine.run(), from the RSS after malloc_trim "
              f"(set-up heap released) and a reset of the high-water mark; bound = passcount.py's minimum "
-             f"(CPU time), compared with CPU time. Mean 1-minute load average during the runs: "
+             f"(CPU time), compared with the median CPU time. Mean 1-minute load average during the runs: "
              f"{report.get('mean_loadavg') or 0:.2f} on {report['machine']['cpus']} CPUs.")
     return text
 
@@ -421,6 +487,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="MLO iterations of the digits accuracy check (400)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--no-passcount", action="store_true")
+    ap.add_argument("--no-tensor-memory", action="store_true",
+                    help="skip the memory pass (peak live CPU tensor bytes) per side")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per process")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="run both libraries on the CPU (default; GPUs hidden) or on CUDA")
