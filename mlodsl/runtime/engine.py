@@ -317,28 +317,23 @@ class Engine:
         """
         key = (problem.name, wrt)
         verdict = self._surrogates_ok.get(key)
-        if verdict is False:
+        surrogate = problem.target_loss(batch, wrt) if verdict is not False else None
+        if surrogate is None:  # none offered (Python problems), or one that failed its check
+            if verdict is None:
+                self._surrogates_ok[key] = False
             return problem.compute_loss(batch)
-        if verdict is None:
-            # The full loss's gradient first, its graph freed before the surrogate is built:
-            # the check costs one evaluation, not a higher peak of memory.
-            full, metrics = problem.compute_loss(batch)
+        if verdict is None:  # the first one: compare with the full loss's gradient
             params = [p for name in wrt for p in self.problems[name].current_parameters()]
-            reference = gradient_fingerprint(full, params)
-            surrogate = problem.target_loss(batch, wrt)
-            if surrogate is None:
-                return full, metrics
-            del full
+            mine = gradient_fingerprint(surrogate, params)
+            full, metrics = problem.compute_loss(batch)
             verdict = self._surrogates_ok[key] = same_fingerprint(
-                reference, gradient_fingerprint(surrogate, params))
+                gradient_fingerprint(full, params), mine)
             if not verdict:
                 warnings.warn(f"the gradient slice of '{problem.name}''s loss for "
                               f"{', '.join(wrt)} disagreed with the full loss; using the full "
                               "loss from now on", RuntimeWarning, stacklevel=2)
-                return problem.compute_loss(batch)
-            return surrogate, {}
-        surrogate = problem.target_loss(batch, wrt)
-        return (surrogate, {}) if surrogate is not None else problem.compute_loss(batch)
+                return full, metrics
+        return surrogate, {}
 
     # -- running -----------------------------------------------------------------------------
     def train_step(self) -> None:
