@@ -12,6 +12,7 @@ in the twins (same initial weights, same batches), and handed to the program by 
 (``mlodsl.compile(..., namespace=...)``).
 
     python benchmarks/programs/hpo_mlo.py --method darts --unroll 1 --iters 30 --json
+    python benchmarks/programs/hpo_mlo.py --compile ...   # engine { compile = True }
 """
 import sys
 from pathlib import Path
@@ -25,6 +26,11 @@ import torch.nn.functional as F
 import _common
 import mlodsl
 
+# --compile (this program's own flag): `compile = True` in the engine block, i.e. the loss
+# graphs' first-order evaluations run through torch.compile
+COMPILE = "--compile" in sys.argv
+if COMPILE:
+    sys.argv.remove("--compile")
 args = _common.program_args(__doc__.splitlines()[0])
 _common.setup_process(args.threads, args.seed)
 x_train, y_train, x_test, y_test = _common.load_data(args.data, args.seed)
@@ -99,6 +105,7 @@ problem hpo depends classifier every {args.unroll} via {args.method}({METHOD_ARG
 engine {{
     iterations = {_common.total_engine_iters(args)}
     seed       = {args.seed}
+    compile    = {COMPILE}
 }}
 """
 
@@ -112,4 +119,5 @@ def make_engine():
 
 
 sys.exit(_common.run_and_report(args, "hpo", make_engine, hpo_data_loader, classifier_module,
-                                x_test, y_test, extra={"side": "mlodsl-mlo"}))
+                                x_test, y_test,
+                                extra={"side": "mlodsl-mlo", "compile": COMPILE}))

@@ -78,6 +78,8 @@ def check_value(spec: FieldSpec, field: ir.Field, owner: str,
     elif spec.kind == "positive_number" and not (
             isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         report(field.value.span, f"{where} must be a number > 0, got {value!r}", hint)
+    elif spec.kind == "bool" and not isinstance(value, bool):
+        report(field.value.span, f"{where} must be True or False, got {value!r}", hint)
     elif spec.kind == "choice":
         ok = isinstance(value, str) and (
             value in spec.choices or (spec.pattern is not None

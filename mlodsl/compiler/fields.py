@@ -11,7 +11,8 @@ one); anything else is left to the back end:
 * ``"positive_int"``: an integer >= 1;  ``"nonneg_int"``: an integer >= 0;
 * ``"positive_number"``: an int or float > 0;
 * ``"method"``: a hypergradient method call, validated against :data:`mlodsl.methods.METHODS`;
-* ``"choice"``: a string from ``choices`` (``pattern``, a regular expression, may widen it).
+* ``"choice"``: a string from ``choices`` (``pattern``, a regular expression, may widen it);
+* ``"bool"``: ``True`` or ``False``.
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ ENGINE_FIELDS: dict[str, FieldSpec] = _table(
               kind="positive_int", extension=True),
     FieldSpec("on_nan", False, "reserved for the runtime: 'stop' or 'skip' on a NaN loss",
               kind="choice", choices=("stop", "skip"), extension=True),
+    FieldSpec("compile", False, "True: run the loss graphs' first-order evaluations through "
+              "torch.compile", kind="bool", extension=True),
 )
 
 

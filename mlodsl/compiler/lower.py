@@ -416,6 +416,13 @@ class _Lowering:
                     raise self.sources.error(f.value, f"'{name}' of the engine must be a string, "
                                              f"got {type(value).__name__}")
                 out[name] = value
+        if self.field("compile") is not None:
+            f = self.field("compile")
+            value = self.interp("engine compile").run(f.value)
+            if not isinstance(value, bool):
+                raise self.sources.error(f.value, "'compile' of the engine must be True or "
+                                         f"False, got {value!r}")
+            out["compile"] = value
         if self.field("checkpoint_every") is not None:
             out["checkpoint_every"] = self.engine_int("checkpoint_every")
         if self.field("checkpoint_keep") is not None:

@@ -47,6 +47,9 @@ class GraphLoss:
         self.problem, self.field, self.gm, self.sources = problem, field_, gm, sources
         self.names = tuple(field_.params or ())
         self._slices: dict[tuple[str, ...], torch.fx.GraphModule | None] = {}
+        # torch.compile'd forwards, by graph (the loss graph or one of its slices); a graph
+        # that failed to compile maps to None and runs eagerly from then on
+        self._compiled: dict[int, Callable | None] = {}
 
     def slice_for(self, wrt: tuple[str, ...]) -> torch.fx.GraphModule | None:
         """The loss graph's gradient slice for ``wrt`` (cached), or None when nothing drops.
@@ -57,14 +60,23 @@ class GraphLoss:
             self._slices[wrt] = gradient_slice(self.gm, wrt)
         return self._slices[wrt]
 
-    def __call__(self, batch: Any, graph: torch.fx.GraphModule | None = None) -> Any:
-        """The loss on ``batch`` (``graph``: a slice of the loss graph to run instead)."""
+    def __call__(self, batch: Any, graph: torch.fx.GraphModule | None = None,
+                 compiled: bool = False) -> Any:
+        """The loss on ``batch`` (``graph``: a slice of the loss graph to run instead).
+
+        ``compiled``: run the graph through ``torch.compile`` (the caller differentiates the
+        result only once). A graph that torch cannot compile runs eagerly, after one warning.
+        """
         try:
             parts = unpack_batch(batch, self.names)
         except ValueError as err:
             raise self.sources.error(self.field, f"the loss of '{self.problem}': {err}",
                                      kind="run", span=self.field.name_span) from None
         gm = self.gm if graph is None else graph
+        if compiled:
+            out = self._run_compiled(gm, parts)
+            if out is not _NOT_COMPILED:
+                return out
         try:
             # forward, not __call__: GraphModule's wrapper prints its own report to stderr.
             return gm.forward(*parts)
@@ -78,6 +90,35 @@ class GraphLoss:
                 self.field.value, f"the loss of '{self.problem}' failed: "
                 f"{describe_exception(err)}", f"raised at {frame}" if frame else None,
                 kind="run", span=span) from None
+
+
+    def _run_compiled(self, gm: torch.fx.GraphModule, parts: list) -> Any:
+        """``gm.forward(*parts)`` through torch.compile, or ``_NOT_COMPILED``.
+
+        Parameters are graph inputs to torch.compile (its default for built-in modules), so
+        the runtime's functional substitution (perturbed copies, fast weights) is seen without
+        recompiling. Any failure (no C++ compiler, an operation dynamo cannot trace) is
+        reported once and the graph runs eagerly from then on: compiling is a speed-up,
+        never a reason for a run to stop.
+        """
+        key = id(gm)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(gm.forward, dynamic=False)
+        fn = self._compiled[key]
+        if fn is None:
+            return _NOT_COMPILED
+        try:
+            return fn(*parts)
+        except Exception as err:  # noqa: BLE001 - fall back to the eager graph
+            self._compiled[key] = None
+            import warnings
+            warnings.warn(f"torch.compile could not run the loss of '{self.problem}' "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                          "it runs eagerly", RuntimeWarning, stacklevel=3)
+            return _NOT_COMPILED
+
+
+_NOT_COMPILED = object()
 
 
 class CallableLoss:
@@ -113,6 +154,19 @@ class CompiledProblem(ImplicitProblem):
         """The loss on one batch (the fx graph, or the user's callable)."""
         return self.loss_fn(batch)
 
+    @property
+    def compiles(self) -> bool:
+        """Whether this problem's first-order loss evaluations go through torch.compile."""
+        engine = getattr(self, "_engine", None)
+        return bool(engine is not None and engine.config.compile
+                    and isinstance(self.loss_fn, GraphLoss))
+
+    def first_order_training_step(self, batch: Any) -> Any:
+        """The loss graph through torch.compile when the engine says ``compile = True``."""
+        if self.compiles:
+            return self.loss_fn(batch, compiled=True)
+        return self.loss_fn(batch)
+
     def target_loss(self, batch: Any, targets: tuple[str, ...]) -> torch.Tensor | None:
         """The loss graph's gradient slice for ``targets`` on ``batch`` (None: no slice).
 
@@ -121,7 +175,7 @@ class CompiledProblem(ImplicitProblem):
         graph = self.loss_fn.slice_for(targets) if isinstance(self.loss_fn, GraphLoss) else None
         if graph is None:
             return None
-        out = self.loss_fn(batch, graph)
+        out = self.loss_fn(batch, graph, compiled=self.compiles)
         if not isinstance(out, torch.Tensor) or out.numel() != 1:
             return None  # let the full loss report what is wrong with the output
         return out.reshape(())

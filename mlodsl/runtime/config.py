@@ -125,7 +125,8 @@ class EngineConfig:
     ``resume_from`` (a checkpoint folder to continue from; a fresh start when it holds none),
     ``on_nan`` (``"stop"`` or ``"skip"``), ``progress`` (a progress bar on a terminal, plain
     lines elsewhere), ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``: the default of every
-    problem whose ``Config`` does not set one), ``device`` and ``run_dir`` (a folder that
+    problem whose ``Config`` does not set one), ``compile`` (compiled programs: their loss
+    graphs' first-order evaluations go through ``torch.compile``), ``device`` and ``run_dir`` (a folder that
     receives ``metrics.jsonl`` and ``metrics.csv``). ``strategy`` ``"distributed"`` (or
     ``"ddp"``) trains data-parallel on ``torch.distributed``; ``"default"`` does so too when
     launched by torchrun with ``WORLD_SIZE > 1``.
@@ -151,6 +152,7 @@ class EngineConfig:
     progress: bool = False
     precision: str = "fp32"
     device: str | None = None
+    compile: bool = False
     resume_from: str | None = None
     run_dir: str | None = None
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
@@ -168,6 +170,8 @@ class EngineConfig:
             raise MLOError("EngineConfig(early_stopping_mode=...) must be 'min' or 'max'")
         if self.on_nan not in ("stop", "skip"):
             raise MLOError("EngineConfig(on_nan=...) must be 'stop' or 'skip'")
+        if not isinstance(self.compile, bool):
+            raise MLOError(f"EngineConfig(compile={self.compile!r}) must be True or False")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise MLOError(f"EngineConfig(precision={self.precision!r}) must be 'fp32', 'fp16' "
                            "or 'bf16'")

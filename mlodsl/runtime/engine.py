@@ -276,7 +276,7 @@ class Engine:
     # -- loss evaluation ---------------------------------------------------------------------
     def evaluate_loss(self, problem: Problem, batch: Any, params: Sequence[torch.Tensor] | None
                       = None, own_step: bool = False, with_metrics: bool = False,
-                      grad_wrt: Sequence[str] | None = None):
+                      grad_wrt: Sequence[str] | None = None, first_order: bool = False):
         """``problem``'s loss on ``batch``, optionally at other parameters, functionally.
 
         Every problem's module sees its current tensors (fast weights while unrolled); with
@@ -286,10 +286,16 @@ class Engine:
         ``grad_wrt`` (problem names) says that only the loss's gradient with respect to those
         problems' parameters will be used: the problem may then return a cheaper scalar with
         the same gradient there (:meth:`Problem.target_loss`; a compiled loss drops the terms
-        that read none of them). Each such surrogate is checked once against the full loss.
+        that read none of them). Each such surrogate is checked once against the full loss;
+        it is differentiated only once. ``first_order``: the loss will not be differentiated
+        through its gradient (a compiled program may run a ``torch.compile``d graph).
         """
-        compute = problem.compute_loss if grad_wrt is None else \
-            (lambda b: self._target_loss(problem, b, tuple(grad_wrt)))
+        if grad_wrt is not None:
+            def compute(b):
+                return self._target_loss(problem, b, tuple(grad_wrt))
+        else:
+            def compute(b):
+                return problem.compute_loss(b, first_order=first_order)
         views = []
         for other in self.problems.values():
             mapping = None
@@ -321,11 +327,11 @@ class Engine:
         if surrogate is None:  # none offered (Python problems), or one that failed its check
             if verdict is None:
                 self._surrogates_ok[key] = False
-            return problem.compute_loss(batch)
+            return problem.compute_loss(batch, first_order=True)
         if verdict is None:  # the first one: compare with the full loss's gradient
             params = [p for name in wrt for p in self.problems[name].current_parameters()]
             mine = gradient_fingerprint(surrogate, params)
-            full, metrics = problem.compute_loss(batch)
+            full, metrics = problem.compute_loss(batch, first_order=True)
             verdict = self._surrogates_ok[key] = same_fingerprint(
                 gradient_fingerprint(full, params), mine)
             if not verdict:

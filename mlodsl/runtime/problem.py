@@ -91,6 +91,15 @@ class Problem:
         raise NotImplementedError(
             f"problem '{self._name}' must define training_step(self, batch)")
 
+    def first_order_training_step(self, batch: Any) -> torch.Tensor | dict:
+        """:meth:`training_step` for a loss that will be differentiated only once.
+
+        The default is ``training_step`` itself; a compiled program with ``compile = True``
+        runs its loss graph through ``torch.compile`` here (double backward through a compiled
+        graph is not supported by torch, so second-order uses keep calling training_step).
+        """
+        return self.training_step(batch)
+
     def target_loss(self, batch: Any, targets: tuple[str, ...]) -> torch.Tensor | None:
         """A scalar with the loss's gradient in ``targets``' parameters, cheaper than the loss.
 
@@ -221,9 +230,15 @@ class Problem:
         return self._stream.state_dict() if self._stream is not None else {}
 
     # -- losses ------------------------------------------------------------------------------------
-    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Run :meth:`training_step`; return the loss and the other entries of its dict."""
-        out = self.training_step(batch)
+    def compute_loss(self, batch: Any, first_order: bool = False
+                     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Run :meth:`training_step`; return the loss and the other entries of its dict.
+
+        ``first_order``: the caller will differentiate the loss once, never through its
+        gradient (a compiled problem may then run a ``torch.compile``d graph).
+        """
+        out = self.training_step(batch) if not first_order else \
+            self.first_order_training_step(batch)
         if isinstance(out, dict):
             if "loss" not in out:
                 raise MLOError(f"problem '{self._name}': training_step returned a dict without "

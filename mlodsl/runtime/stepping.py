@@ -41,11 +41,13 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     loss = None
     for _ in range(accum):
         current = problem.next_batch() if batch is None else batch
-        loss, metrics = engine.evaluate_loss(problem, current, own_step=True, with_metrics=True)
+        create_graph = differentiable and not first_order
+        loss, metrics = engine.evaluate_loss(problem, current, own_step=True, with_metrics=True,
+                                             first_order=not create_graph)
         engine.watch_finite(problem, loss)
         # fp16: the loss is scaled so that the whole total gradient is (precision.py).
         grads = total_gradient(engine, problem, engine.precision.scale_loss(problem, loss),
-                               create_graph=differentiable and not first_order)
+                               create_graph=create_graph)
         if accum > 1:
             grads = [g / accum for g in grads]
         total = grads if total is None else [a + b for a, b in zip(total, grads)]

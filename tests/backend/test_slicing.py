@@ -182,3 +182,53 @@ def test_python_api_problems_have_no_slice():
     assert CompiledProblem.target_loss is not mlodsl.ImplicitProblem.target_loss
     from mlodsl.runtime.problem import Problem
     assert Problem.target_loss(object.__new__(mlodsl.ImplicitProblem), None, ("x",)) is None
+
+
+# ----------------------------------------------------------------------------- engine compile
+
+def test_compile_field_must_be_a_bool():
+    from mlodsl import MLOError
+    src = program(LOSSES[0]).replace("    seed       = 0", "    seed       = 0\n    compile    = 1")
+    with pytest.raises(MLOError, match="'compile' of the engine must be True or False"):
+        mlodsl.compile(src, namespace={"net": Net(), "decay": Decay(Net()), "l2": l2,
+                                       "train": data(1), "val": data(2)})
+
+
+def _run_compiled_program(method: str = "darts()"):
+    torch.manual_seed(0)
+    net = Net()
+    decay = Decay(net)
+    src = program(LOSSES[0], method).replace("    seed       = 0",
+                                             "    seed       = 0\n    compile    = True")
+    plan = mlodsl.compile(src, namespace={"net": net, "decay": decay, "l2": l2,
+                                          "train": data(1), "val": data(2)})
+    plan.build_engine(console=False)
+    plan.run()
+    return plan, [p.detach().clone() for m in (net, decay) for p in m.parameters()]
+
+
+def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="torch.compile could not run the loss"):
+        _, compiled = _run_compiled_program()
+    _, eager, _ = compile_and_run(LOSSES[0], sliced=True)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compile_runs_the_loss_graphs_through_torch_compile_with_the_same_result():
+    """darts (first-order evaluations: compiled) and neumann (its second-order evaluation
+    stays eager) end where the eager runs end."""
+    for method in ("darts()", "neumann(iterations=2, alpha=0.1)"):
+        plan, compiled = _run_compiled_program(method)
+        _, eager, _ = compile_and_run(LOSSES[0], method, sliced=True)
+        for a, b in zip(compiled, eager):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        used = plan.problems["classifier"].loss_fn._compiled
+        assert used and all(fn is not None for fn in used.values())

@@ -43,6 +43,7 @@ Cost", 2016 (checkpointing).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -123,8 +124,8 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
 
     def body(*args: torch.Tensor, replay: bool = False):
         # The first call is the step itself; later calls recompute it, advancing no buffers or
-        # counters. ``replay``: values only (rebuilding a dropped step's inputs), so the
-        # gradient needs no graph.
+        # counters. ``replay``: values only (the step itself, whose outputs are detached at
+        # once, and rebuilding a dropped step's inputs), so the gradient needs no graph.
         first = calls["n"] == 0
         calls["n"] += 1
         n_fast, n_state, n_ctx = sizes
@@ -156,7 +157,8 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
                     norm = torch.linalg.vector_norm(
                         torch.stack([torch.linalg.vector_norm(g) for g in total]))
                     total = [g * torch.clamp(clip / (norm + 1e-6), max=1.0) for g in total]
-                new, new_states = rule.apply(fast, total, in_states, groups)
+                with torch.no_grad() if replay else contextlib.nullcontext():
+                    new, new_states = rule.apply(fast, total, in_states, groups)
         finally:
             for o, f in saved:
                 o._fast = f
@@ -168,7 +170,7 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
 
     tape = getattr(diffopt, "_checkpoint_tape", None)
     if tape is None:
-        tape = diffopt._checkpoint_tape = _Tape(_segment_length(engine, problem.name))
+        tape = diffopt._checkpoint_tape = _Tape(_window_length(engine, problem.name))
     own = [*problem._fast, *state_flat]
     inputs = [*own, *(t for c in context for t in c)]
     out = _Recompute.apply(tape, tape.add(body, len(own), inputs), *inputs)
@@ -196,36 +198,116 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
 _TENSOR = object()  # marks where a state layout takes a tensor
 
 
-def _segment_length(engine, name: str) -> int:
-    """Keep the inputs of every ``k``-th step of a window of ``T``: ``k = ceil(sqrt(T))``."""
-    window = max([e.every for e in engine.edges.values() if e.lower == name] or [1])
-    return max(1, math.ceil(math.sqrt(window)))
+def _window_length(engine, name: str) -> int:
+    """The number of differentiable steps in a window of ``name``: the longest ``every``."""
+    return max([e.every for e in engine.edges.values() if e.lower == name] or [1])
+
+
+#: Replayed steps allowed per step of the window. The fewest snapshot slots whose optimal
+#: schedule stays within ``REPLAY_BUDGET * T`` replays are used: the time of segment
+#: (``sqrt(T)``) checkpointing, which replays about ``T - sqrt(T)`` steps, for less memory.
+REPLAY_BUDGET = 1.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _replays(n: int, slots: int) -> int:
+    """Fewest steps to replay for the backward of ``n`` consecutive steps, given the first
+    one's inputs and ``slots`` free slots for more snapshots (binomial checkpointing).
+
+    The optimum of the recursion "keep step ``m``'s inputs, finish ``m .. n-1`` with one slot
+    fewer, then ``0 .. m-1`` with the slot back" (``R(n, c) = min_m m + R(n-m, c-1) + R(m, c)``,
+    ``R(n, 0) = n (n-1) / 2``) has a closed form: with ``s = c + 1`` snapshots counting the
+    first one and ``r`` the least integer with ``C(s + r, s) >= n``, ``R = r n - C(s + r, s + 1)``
+    (Griewank and Walther, "Algorithm 799: Revolve", ACM TOMS 2000).
+    """
+    if n <= 1:
+        return 0
+    s, r = slots + 1, 0
+    while math.comb(s + r, s) < n:
+        r += 1
+    return r * n - math.comb(s + r, s + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_replays(length: int, slots: int) -> tuple[int, ...]:
+    """``W[n]`` for ``n = 0 .. length``: as :func:`_replays`, but the forward is still to pass
+    over the ``n`` steps, so the snapshots it keeps on its way cost no replay:
+    ``W(n, c) = min_m W(n-m, c-1) + R(m, c)``, ``W(n, 0) = R(n, 0)``."""
+    if slots == 0:
+        return tuple(_replays(n, 0) for n in range(length + 1))
+    below = torch.tensor(_forward_replays(length, slots - 1), dtype=torch.int64)
+    rows = torch.tensor([_replays(m, slots) for m in range(length + 1)], dtype=torch.int64)
+    n = torch.arange(length + 1).unsqueeze(1)
+    m = torch.arange(1, length + 1).unsqueeze(0)
+    # cost[n, m] = W(n-m, c-1) + R(m, c) for the split points 1 <= m < n
+    cost = below[(n - m).clamp(min=0)] + rows[m]
+    cost = cost.masked_fill(m >= n, torch.iinfo(torch.int64).max)
+    out = cost.min(dim=1).values
+    out[:2] = 0
+    return tuple(out.tolist())
+
+
+def _slots_for(length: int, budget: float = REPLAY_BUDGET) -> int:
+    """The fewest snapshot slots whose schedule replays at most ``budget * length`` steps."""
+    slots = 0
+    while _forward_replays(length, slots)[length] > budget * length and slots < length - 1:
+        slots += 1
+    return slots
+
+
+@functools.lru_cache(maxsize=65536)
+def _split(n: int, slots: int, forward: int = 0) -> int:
+    """Where to keep the next snapshot in a span of ``n >= 2`` steps with ``slots >= 1`` free
+    slots: the optimal ``m`` of :func:`_replays`, or with ``forward`` (the window's length,
+    ``>= n``) of :func:`_forward_replays`."""
+    if forward:
+        below = _forward_replays(forward, slots - 1)
+        cost = [below[n - m] + _replays(m, slots) for m in range(1, n)]
+    else:
+        cost = [m + _replays(n - m, slots - 1) + _replays(m, slots) for m in range(1, n)]
+    return 1 + cost.index(min(cost))
 
 
 class _Tape:
-    """The checkpointed steps of one unrolled window, in order.
+    """The checkpointed steps of one unrolled window, in order, with their snapshots.
 
-    Step ``i`` keeps its own inputs (fast weights, optimizer state) only when ``i % every ==
-    0``; the others are rebuilt in the backward by replaying the steps from the nearest kept
-    one (values only, no graph), once per segment: sqrt(T) stored states and at most sqrt(T)
-    rebuilt ones instead of T (Chen et al. 2016, section 4). The other problems' tensors the
-    steps read are kept for every step (they are the uppers' parameters, alive anyway).
+    A snapshot is a step's own inputs (fast weights, optimizer state). The window's first step
+    always keeps its inputs (the live parameters and the torch optimizer's state: no copy);
+    at most ``slots`` other snapshots are alive at any time, placed by binomial checkpointing
+    (Griewank and Walther 2000, :func:`_replays`): the forward keeps a few, the backward
+    of a step whose inputs are not kept replays the steps since the nearest snapshot (values
+    only, no graph), keeping new snapshots on the way where the schedule says, and a snapshot
+    is dropped as soon as its step's backward is done. With ``slots`` chosen by
+    :func:`_slots_for`, ``T = 20`` holds 4 snapshots at most (and replays 15 steps) where
+    ``sqrt(T)`` segments held 6 (3 kept, 3 cached while replaying a segment).
+
+    The other problems' tensors the steps read are kept for every step (they are the uppers'
+    parameters, alive anyway). A second backward through the window (``retain_graph``) finds
+    the snapshots gone and replays from the first step again: slower, same values.
 
     Everything is held detached: the tape is reachable from the steps' graph (through each
     node's ``ctx``), so it must not hold a tensor that leads back to that graph.
     """
 
-    def __init__(self, every: int):
-        self.every = every
+    def __init__(self, length: int, slots: int | None = None):
+        self.length = max(int(length), 1)
+        self.slots = _slots_for(self.length) if slots is None else slots
         self.steps: list[dict] = []
-        self.cache: dict[int, list[torch.Tensor]] = {}
+        self.snapshots: dict[int, list[torch.Tensor]] = {}
+        # The forward's snapshots: the rightmost branch of the schedule, free to keep while
+        # the forward passes (a window longer than planned repeats the plan).
+        self.plan, at, n, free = {0}, 0, self.length, self.slots
+        while free > 0 and n > 1:
+            m = _split(n, free, forward=self.length)
+            at, n, free = at + m, n - m, free - 1
+            self.plan.add(at)
 
     def add(self, fn, n_own: int, inputs: list[torch.Tensor]) -> int:
         i = len(self.steps)
-        keep = i % self.every == 0
+        if i % self.length in self.plan:
+            self.snapshots[i] = [x.detach() for x in inputs[:n_own]]
         self.steps.append({
             "fn": fn, "n_own": n_own, "flags": [x.requires_grad for x in inputs],
-            "own": [x.detach() for x in inputs[:n_own]] if keep else None,
             "context": [x.detach() for x in inputs[n_own:]],
             "rng": torch.get_rng_state(),
             "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
@@ -233,24 +315,32 @@ class _Tape:
         return i
 
     def inputs(self, i: int) -> list[torch.Tensor]:
-        """Step ``i``'s inputs (detached), replaying from the nearest kept step if needed."""
-        step = self.steps[i]
-        own = step["own"] if step["own"] is not None else self.cache.pop(i, None)
-        if own is None:
-            j = i
-            while self.steps[j]["own"] is None and j not in self.cache:
-                j -= 1
-            own = self.steps[j]["own"] if self.steps[j]["own"] is not None else self.cache[j]
-            for m in range(j, i):  # replay steps j .. i-1, caching what steps j+1 .. i-1 need
+        """Step ``i``'s inputs (detached), replaying from the nearest snapshot if needed."""
+        j = max(k for k in self.snapshots if k <= i)
+        own = self.snapshots[j]
+        while j < i:
+            free = self.slots - sum(1 for k in self.snapshots if k != 0)
+            n = i + 1 - j
+            # With no free slot, replay straight to step i; else to the schedule's next
+            # snapshot, keep it, and go on from there with one slot fewer.
+            stop = i if free <= 0 else j + _split(n, free)
+            for m in range(j, stop):
                 rec = self.steps[m]
                 args = [x.detach().requires_grad_(f) for x, f in
                         zip([*own, *rec["context"]], rec["flags"])]
                 with _rng_at(rec):
                     out = rec["fn"](*args, replay=True)
                 own = [o.detach() for o in out]
-                if m + 1 < i:
-                    self.cache[m + 1] = own
-        return [*own, *step["context"]]
+            j = stop
+            if free > 0:
+                self.snapshots[j] = own
+        return [*own, *self.steps[i]["context"]]
+
+    def done(self, i: int) -> None:
+        """Step ``i``'s backward is over: its snapshot is not needed any more (the first
+        step's aliases the live parameters and stays, for a second backward)."""
+        if i != 0:
+            self.snapshots.pop(i, None)
 
 
 @contextlib.contextmanager
@@ -276,7 +366,7 @@ class _Recompute(torch.autograd.Function):
         ctx.tape, ctx.i = tape, i
         with torch.enable_grad():
             out = tape.steps[i]["fn"](*[x.detach().requires_grad_(x.requires_grad)
-                                        for x in inputs])
+                                        for x in inputs], replay=True)
         return tuple(o.detach() for o in out)
 
     @staticmethod
@@ -291,6 +381,7 @@ class _Recompute(torch.autograd.Function):
         grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted,
                                          grad_outputs=[g for _, g in pairs],
                                          allow_unused=True) if pairs and wanted else [])
+        ctx.tape.done(ctx.i)
         return (None, None, *[next(grads) if x.requires_grad else None for x in inputs])
 
 
