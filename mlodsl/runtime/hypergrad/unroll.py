@@ -25,11 +25,16 @@ Arguments:
   maps to it, True by default in the Python API as in Betty 0.2.1; ``unroll()`` in ``.mlo``
   defaults to False.
 * ``checkpoint``: activation checkpointing. Each differentiable step (loss, gradient with graph,
-  optimizer update) keeps no graph: its backward recomputes it from its inputs (fast weights,
-  optimizer state, the uppers' parameters). Only every ``ceil(sqrt(T))``-th step keeps its
-  inputs; the backward of a step whose inputs were dropped replays the steps since the last
-  kept one (values only, once per segment). Memory between steps: ``O(sqrt(T))`` states
-  instead of ``T`` graphs; time: about two more step evaluations per step. Buffers
+  optimizer update) keeps no graph: the forward computes its values only, and its backward
+  recomputes it from its inputs (fast weights, optimizer state, the uppers' parameters) with a
+  graph. The inputs themselves are kept for a few steps only, placed by binomial ("revolve")
+  checkpointing: the backward of a step whose inputs were dropped replays the steps since the
+  nearest kept one (values only), keeping a new snapshot where the schedule says, and each
+  snapshot is dropped when its step's backward is done. The number of snapshots is the
+  smallest whose schedule replays at most ``REPLAY_BUDGET`` (2) steps per step: ``T = 20``
+  holds the live state plus 2 snapshots, ``T = 100`` plus 5 (``O(log T)`` growth),
+  instead of ``T`` graphs; time: one values-only evaluation plus about two replays per step
+  on top of plain unrolling. The ``T`` batches are held either way. Buffers
   (BatchNorm statistics) advance once: recomputations evaluate the loss with the buffers
   protected, and the RNG state of each step is restored, so dropout draws the same masks.
   The step's hyperparameters are frozen at the time it was taken, so a scheduler stepping later
@@ -38,7 +43,8 @@ Arguments:
 References: Maclaurin, Duvenaud and Adams, "Gradient-based Hyperparameter Optimization through
 Reversible Learning", ICML 2015; Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning", ICML
 2017 (first-order variant, section 5.2); Chen et al., "Training Deep Nets with Sublinear Memory
-Cost", 2016 (checkpointing).
+Cost", 2016 (checkpointing); Griewank and Walther, "Algorithm 799: Revolve", ACM TOMS
+2000 (binomial checkpointing).
 """
 from __future__ import annotations
 
@@ -203,10 +209,13 @@ def _window_length(engine, name: str) -> int:
     return max([e.every for e in engine.edges.values() if e.lower == name] or [1])
 
 
-#: Replayed steps allowed per step of the window. The fewest snapshot slots whose optimal
-#: schedule stays within ``REPLAY_BUDGET * T`` replays are used: the time of segment
-#: (``sqrt(T)``) checkpointing, which replays about ``T - sqrt(T)`` steps, for less memory.
-REPLAY_BUDGET = 1.0
+#: Replayed steps allowed per step of the window, on average: the fewest snapshot slots whose
+#: optimal schedule replays at most ``REPLAY_BUDGET * T`` steps are used. A replay (values
+#: only) costs about a plain training step, a few times less than the recomputation with graph
+#: every step's backward does anyway; at 2, ``T = 20`` keeps 2 snapshots and replays 29 steps,
+#: about the time ``sqrt(T)`` segments took (15 replays, but a forward that built each step's
+#: graph) with a third of their snapshots. Measurements: ``benchmarks/README.md``.
+REPLAY_BUDGET = 2.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -278,7 +287,7 @@ class _Tape:
     of a step whose inputs are not kept replays the steps since the nearest snapshot (values
     only, no graph), keeping new snapshots on the way where the schedule says, and a snapshot
     is dropped as soon as its step's backward is done. With ``slots`` chosen by
-    :func:`_slots_for`, ``T = 20`` holds 4 snapshots at most (and replays 15 steps) where
+    :func:`_slots_for`, ``T = 20`` holds 2 snapshots at most (and replays 29 steps) where
     ``sqrt(T)`` segments held 6 (3 kept, 3 cached while replaying a segment).
 
     The other problems' tensors the steps read are kept for every step (they are the uppers'
