@@ -1,4 +1,4 @@
-"""Checkpointed ``unroll`` keeps memory bounded: no window outlives itself, storage ~ sqrt(T).
+"""Checkpointed ``unroll`` keeps memory bounded: no window outlives itself, few snapshots.
 
 Counts, not timings: which tensors are alive, and whether the per-window tapes are freed by
 reference counting alone (a reference cycle through autograd, which Python's collector cannot
@@ -95,10 +95,57 @@ def _weight_sized_alive_at_upper_step(T):
     return seen["n"]
 
 
-def test_checkpointed_unroll_keeps_about_sqrt_T_states():
+def test_checkpointed_unroll_keeps_few_states():
     small, large = (_weight_sized_alive_at_upper_step(T) for T in (4, 16))
-    # Kept: fast weights and momentum of every ceil(sqrt T)-th step (T = 16: steps 4, 8, 12),
-    # the newest ones, the live parameters, their momentum and the upper's parameters: about
-    # 13 at T = 16 and 6 at T = 4, against 40 and 16 when every step keeps its inputs.
-    assert large <= 16
-    assert large - small <= 10
+    # T = 16 keeps 2 snapshots (fast weights and momentum: 4 tensors) beside the newest fast
+    # weights and momentum, the live parameters, their momentum and the upper's parameters:
+    # about 10, against 6 at T = 4 (no snapshot) and 40 when every step keeps its inputs.
+    assert large <= 11
+    assert large - small <= 5
+
+
+def _simulate(T, slots=None, passes=1):
+    """Drive a ``_Tape`` of ``T`` counting steps through ``passes`` backward sweeps."""
+    replays = []
+    tape = unroll_mod._Tape(T, slots)
+
+    def make(i):
+        def fn(x, replay=False):
+            replays.append(i)
+            assert float(x) == i  # a replay starts from step i's true inputs
+            return (x + 1,)
+        return fn
+
+    x = torch.zeros(())
+    for i in range(T):
+        tape.add(make(i), 1, [x])
+        x = x + 1
+    peak = 0
+    for _ in range(passes):
+        for i in reversed(range(T)):
+            assert float(tape.inputs(i)[0]) == i
+            peak = max(peak, sum(1 for k in tape.snapshots if k != 0))
+            tape.done(i)
+    return tape, len(replays), peak
+
+
+def test_binomial_schedule_replays_the_optimum_within_its_slots():
+    for T in (1, 2, 5, 8, 20, 37):
+        for slots in (0, 1, 2, 3):
+            tape, replays, peak = _simulate(T, slots)
+            assert peak <= slots
+            assert replays == unroll_mod._forward_replays(T, slots)[T]
+    # The closed form matches the recursion it solves (small cases, brute force).
+    R = {}
+    for c in range(4):
+        for n in range(1, 30):
+            R[n, c] = (n * (n - 1) // 2 if c == 0 or n <= 1 else
+                       min(m + R[n - m, c - 1] + R[m, c] for m in range(1, n)))
+            assert unroll_mod._replays(n, c) == R[n, c]
+    # The default: the fewest slots within REPLAY_BUDGET replays per step.
+    assert unroll_mod._Tape(20).slots == 2 and _simulate(20)[1] <= 2 * 20
+
+
+def test_a_second_backward_replays_from_the_first_step():
+    tape, replays, peak = _simulate(12, 2, passes=2)
+    assert peak <= 2 and set(tape.snapshots) == {0}
