@@ -181,6 +181,11 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="comma-separated labels to run")
     p.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="run each child with glibc's MALLOC_MMAP_THRESHOLD_=BYTES: every larger "
+                        "allocation is its own mapping, returned when freed, so peak RSS follows "
+                        "the live tensors instead of where they landed in the heap (CPU memory "
+                        "only: the page faults slow the timings)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
         try:
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                                   capture_output=True, text=True, cwd=str(HERE.parent),
-                                  timeout=args.timeout)
+                                  timeout=args.timeout, env=_child_env(args))
             result = _common.parse_result_line(proc.stdout) or {
                 "error": _common.error_string(RuntimeError(proc.stderr.strip()[-400:]))}
         except subprocess.TimeoutExpired:  # one hung configuration must not cost the rest
@@ -210,6 +215,8 @@ def main(argv=None) -> int:
     meta = {"torch": torch.__version__, "device": args.device,
             "threads": args.threads, "iters": args.iters, "machine": os.uname().machine,
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    if args.mmap_threshold is not None:
+        meta["malloc_mmap_threshold"] = args.mmap_threshold
     if args.device.startswith("cuda") and torch.cuda.is_available():
         meta["device_name"] = torch.cuda.get_device_name()
         meta["cuda"] = torch.version.cuda
@@ -230,6 +237,13 @@ def _write(path: str, report: dict) -> None:
     """Write the JSON report (the folder is created)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=1))
+
+
+def _child_env(args) -> dict | None:
+    """The children's environment: ours, with ``--mmap-threshold`` applied."""
+    if args.mmap_threshold is None:
+        return None
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)}
 
 
 def _cuda() -> bool:
