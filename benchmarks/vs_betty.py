@@ -57,14 +57,20 @@ BETTY_SPEC = "betty-ml==0.2.1"
 TORCH_SPEC = "torch==2.13.0"  # the CPU build on this machine's disk; any other spec may pull CUDA
 BETTY_EXTRA_DEPS = ["numpy"]  # what `import betty.engine` needs besides torch
 SIDES = ("betty", "mlodsl")
-#: the optional third side: the program written in the language (``<program>_mlo.py``)
+#: the optional sides: the program written in the language (``<program>_mlo.py``), as is and
+#: with ``engine { compile = True }``
 MLO_SIDE = "mlo"
+MLO_COMPILED_SIDE = "mlo_compiled"
+#: side -> (script suffix, extra arguments)
+SIDE_SCRIPTS = {"betty": ("betty", []), "mlodsl": ("mlodsl", []), MLO_SIDE: ("mlo", []),
+                MLO_COMPILED_SIDE: ("mlo", ["--compile"])}
 
 
-def sides_for(program: str) -> tuple[str, ...]:
-    """Betty, mlodsl's Python API, and the ``.mlo`` version where the program has one."""
-    has_mlo = (PROGRAMS_DIR / f"{program}_{MLO_SIDE}.py").exists()
-    return SIDES + ((MLO_SIDE,) if has_mlo else ())
+def sides_for(program: str, compiled: bool = True) -> tuple[str, ...]:
+    """Betty, mlodsl's Python API, and the ``.mlo`` versions where the program has one."""
+    if not (PROGRAMS_DIR / f"{program}_{MLO_SIDE}.py").exists():
+        return SIDES
+    return SIDES + (MLO_SIDE,) + ((MLO_COMPILED_SIDE,) if compiled else ())
 
 
 def log(msg: str) -> None:
@@ -144,8 +150,9 @@ def run_program(side: str, program: str, method: str, unroll: int, args: argpars
         exe = args.betty_python or str(venv_python())
     else:
         exe = sys.executable
-    script = PROGRAMS_DIR / f"{program}_{side}.py"
-    cmd = [exe, str(script), "--method", method, "--unroll", str(unroll),
+    suffix, extra = SIDE_SCRIPTS[side]
+    script = PROGRAMS_DIR / f"{program}_{suffix}.py"
+    cmd = [exe, str(script), *extra, "--method", method, "--unroll", str(unroll),
            "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--seed", str(args.seed),
            "--hvp-iters", str(args.hvp_iters), "--data", data, "--device", args.device,
@@ -249,7 +256,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     rows = []
     configs = [(p, m, k) for p in args.programs for m in args.methods for k in args.unrolls]
     for n, (program, method, unroll) in enumerate(configs, 1):
-        sides = sides_for(program)
+        sides = sides_for(program, compiled=not args.no_compile)
         runs = {s: [] for s in sides}
         for rep in range(args.repeats):
             order = sides if rep % 2 == 0 else sides[::-1]  # alternate who goes first
@@ -275,10 +282,16 @@ def benchmark(args: argparse.Namespace) -> dict:
                     + (f" ({res['error']})" if res.get("error") else ""))
         b, m = summary["betty"], summary["mlodsl"]
         mlo = summary.get(MLO_SIDE)
+        mloc = summary.get(MLO_COMPILED_SIDE)
         bound = passcount.get("index", {}).get((program, method, unroll)) or {}
         rows.append({
             "program": program, "method": method, "unroll": unroll,
-            "betty": b, "mlodsl": m, MLO_SIDE: mlo,
+            "betty": b, "mlodsl": m, MLO_SIDE: mlo, MLO_COMPILED_SIDE: mloc,
+            "mlo_compiled_ratio_median_cpu_time": ratio(
+                mloc["median_cpu_seconds_per_iter"], b["median_cpu_seconds_per_iter"])
+            if mloc else None,
+            "mlo_compiled_median_over_bound": ratio(mloc["median_cpu_seconds_per_iter"],
+                                                    bound.get("bound_seconds")) if mloc else None,
             "ratio_median_cpu_time": ratio(m["median_cpu_seconds_per_iter"],
                                            b["median_cpu_seconds_per_iter"]),
             "ratio_tensor_memory": ratio(m.get("peak_tensor_mb"), b.get("peak_tensor_mb")),
@@ -351,7 +364,7 @@ def accuracy_check(args: argparse.Namespace) -> list[dict]:
     for program in args.programs:
         row = {"program": program, "method": "darts", "unroll": 1, "data": "digits",
                "iters": args.accuracy_iters}
-        for side in sides_for(program):
+        for side in sides_for(program, compiled=False):
             res = run_program(side, program, "darts", 1, args, iters=args.accuracy_iters,
                               data=data)
             row[side] = {k: res.get(k) for k in ("test_acc", "test_loss", "error")}
@@ -401,6 +414,8 @@ def table(report: dict) -> str:
             "med_ratio": r.get("ratio_median_cpu_time"),
             "mlo_med": ms((r.get(MLO_SIDE) or {}).get("median_cpu_seconds_per_iter")),
             "mlo_ratio": r.get("mlo_ratio_median_cpu_time"),
+            "mloc_med": ms((r.get(MLO_COMPILED_SIDE) or {}).get("median_cpu_seconds_per_iter")),
+            "mloc_ratio": r.get("mlo_compiled_ratio_median_cpu_time"),
             "betty_tensor": b.get("peak_tensor_mb"), "mlodsl_tensor": m.get("peak_tensor_mb"),
             "tensor_ratio": r.get("ratio_tensor_memory"),
             "mlo_tensor": (r.get(MLO_SIDE) or {}).get("peak_tensor_mb"),
@@ -424,7 +439,8 @@ def table(report: dict) -> str:
     else:
         columns += [("betty_med", "betty med ms"), ("mlodsl_med", "mlodsl med ms"),
                     ("med_ratio", "med ratio"), ("mlo_med", ".mlo med ms"),
-                    ("mlo_ratio", ".mlo/betty"),
+                    ("mlo_ratio", ".mlo/betty"), ("mloc_med", "compiled med ms"),
+                    ("mloc_ratio", "compiled/betty"),
                     ("betty_tensor", "betty tensor MiB"), ("mlodsl_tensor", "mlodsl tensor MiB"),
                     ("tensor_ratio", "tensor ratio"), ("mlo_tensor", ".mlo tensor MiB"),
                     ("betty_mb", "betty dRSS MB"), ("mlodsl_mb", "mlodsl dRSS MB"),
@@ -458,6 +474,8 @@ def table(report: dict) -> str:
              f"iterations, then over the repeats), the steadier number on a shared machine; "
              f".mlo = the same program written in the language (benchmarks/programs/*_mlo.py), "
              f"whose darts/sama hypergradients differentiate gradient slices of the losses; "
+             f"compiled = the .mlo program with engine compile = True (torch.compile of the "
+             f"first-order loss evaluations; compilation happens in the warmup); "
              f"tensor MiB = peak of live CPU tensor memory during Engine.run() (torch.profiler "
              f"memory events, a separate 10-iteration pass); "
              f"dRSS = rise of peak RSS during Engine.run(), from the RSS after malloc_trim "
@@ -487,6 +505,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="MLO iterations of the digits accuracy check (400)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--no-passcount", action="store_true")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="leave out the .mlo programs' compiled side (engine compile = True)")
     ap.add_argument("--no-tensor-memory", action="store_true",
                     help="skip the memory pass (peak live CPU tensor bytes) per side")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per process")

@@ -132,6 +132,12 @@ class _Lowering:
         block = problem if problem is not None else self.engine
         return block.field(name) if block is not None else None
 
+    def compile_requested(self) -> bool:
+        """Whether the engine block says ``compile = True`` (a literal, or a let bound to one)."""
+        f = self.field("compile")
+        return f is not None and literal_value(
+            f.value, {let.name: let for let in self.program.lets}) is True
+
     def static_seed(self) -> int | None:
         f = self.field("seed")
         if f is None:
@@ -239,7 +245,11 @@ class _Lowering:
         if not params:
             raise self.sources.error(p.field("module").value, f"the module of '{p.name}' has no "
                                      "trainable parameters")
-        value = self._construct(f.value, interp, torch.optim.Optimizer, params)
+        # compile = True asks for the fastest implementations: torch's fused optimizer kernels
+        # (one pass over each parameter instead of one per operation), unless the program
+        # chose an implementation itself.
+        defaults = {"fused": True} if self.compile_requested() else {}
+        value = self._construct(f.value, interp, torch.optim.Optimizer, params, defaults)
         if not isinstance(value, torch.optim.Optimizer):
             raise self.sources.error(f.value, f"the optimizer of '{p.name}' must be a torch.optim "
                                      f"optimizer like SGD(lr=0.1), got {type(value).__name__}")
@@ -262,14 +272,23 @@ class _Lowering:
                                      "add 'validate = ...' (and 'validate_every') to the engine")
         return value
 
-    def _construct(self, expr: ir.Expr, interp: Interpreter, base, first: Any) -> Any:
+    def _construct(self, expr: ir.Expr, interp: Interpreter, base, first: Any,
+                   defaults: dict | None = None) -> Any:
         """``Cls(kw=...)`` with ``first`` prepended when ``Cls`` subclasses ``base``; a callable
-        value is called with ``first``; an instance is used as given."""
+        value is called with ``first``; an instance is used as given.
+
+        ``defaults``: keyword arguments given to ``Cls`` when it takes them and the program set
+        none of ``fused``/``foreach`` (an implementation choice the program made stays).
+        """
         if isinstance(expr, ir.Call):
             func = interp.run(expr.func)
             if isinstance(func, type) and issubclass(func, base):
                 args = [interp.run(a) for a in expr.args]
                 kwargs = {kw.name: interp.run(kw.value) for kw in expr.kwargs}
+                if defaults and not {"fused", "foreach"} & set(kwargs):
+                    import inspect
+                    accepted = inspect.signature(func).parameters
+                    kwargs.update({k: v for k, v in defaults.items() if k in accepted})
                 # A failure caused by an overridden argument is reported at the override.
                 where = next((a for a in (*expr.args, *(kw.value for kw in expr.kwargs))
                               if self.sources.file_of(a) != self.sources.default), expr)

@@ -1,0 +1,166 @@
+"""Betty and mlodsl in one process, taking turns: paired time ratios that a busy machine
+cannot skew.
+
+``vs_betty.py`` runs each side in fresh processes, which is the fair way to measure memory and
+start-up, but on a shared 2-core machine two processes minutes apart can differ by 30% in
+speed. Here every side's engine is built once, in this process, from the *same program files*
+(``programs/<program>_<side>.py``, their engine factory captured instead of run); then the
+sides take turns running ``--chunk`` MLO iterations each, in a rotating order, for
+``--rounds`` rounds. Each round gives each side's CPU time per MLO iteration and its ratio to
+Betty's in the same round; the report is the median over rounds (after ``--warmup-rounds``).
+A slow minute slows every side in that round alike and drops out of the ratio.
+
+Betty is imported from ``benchmarks/.betty-venv`` (``vs_betty.py --setup`` creates it) through
+a folder holding only a link to its package, so this process's torch is used by both sides.
+
+    python benchmarks/interleaved.py --program hpo --method darts --unroll 1
+    python benchmarks/interleaved.py --program hpo --method darts --unroll 5 --rounds 30 --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import _common  # noqa: E402
+
+SIDE_SCRIPTS = {"betty": ("betty", []), "mlodsl": ("mlodsl", []), "mlo": ("mlo", []),
+                "mlo_compiled": ("mlo", ["--compile"])}
+
+
+def expose_betty() -> bool:
+    """Make ``import betty`` find the Betty venv's package (only it); False if there is none."""
+    candidates = sorted((HERE / ".betty-venv" / "lib").glob("python*/site-packages/betty"))
+    if not candidates:
+        return False
+    folder = Path(tempfile.mkdtemp(prefix="betty-only-"))
+    (folder / "betty").symlink_to(candidates[0], target_is_directory=True)
+    sys.path.append(str(folder))
+    return True
+
+
+def build_engine(side: str, program: str, method: str, unroll: int, threads: int, seed: int):
+    """Run ``programs/<program>_<side>.py`` up to its engine factory; return the engine."""
+    suffix, extra = SIDE_SCRIPTS[side]
+    script = HERE / "programs" / f"{program}_{suffix}.py"
+    captured = {}
+
+    def capture(args, name, make_engine, *rest, **kwargs):
+        captured["make_engine"] = make_engine
+        return 0
+
+    real, argv = _common.run_and_report, sys.argv
+    _common.run_and_report = capture
+    sys.argv = [str(script), *extra, "--method", method, "--unroll", str(unroll),
+                "--iters", "1", "--warmup", "0", "--threads", str(threads), "--seed", str(seed)]
+    # A real module in sys.modules (not runpy's borrowed __main__): torch.compile guards on the
+    # globals of the functions it traces (the program's `F`, say) through sys.modules.
+    module = types.ModuleType(f"bench_{program}_{side}")
+    module.__file__ = str(script)
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(script.read_text(), str(script), "exec"), module.__dict__)
+    except SystemExit:
+        pass
+    finally:
+        _common.run_and_report, sys.argv = real, argv
+    engine = captured["make_engine"]()
+    if side == "betty":  # one engine iteration per call of run(); no validation in between
+        engine.valid_step = 10 ** 9
+    else:
+        engine.config.valid_step = 0
+    return engine
+
+
+def advance(side: str, engine, iterations: int) -> None:
+    """Run ``iterations`` more engine iterations of one side's engine."""
+    if side == "betty":
+        engine.train_iters = iterations  # Betty's run() counts from 1 each call
+        engine.run()
+    else:
+        engine.config.train_iters = engine.global_step + iterations  # mlodsl's run() continues
+        engine.run()
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Build every side's engine, run the rounds, and summarise."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sides = [s for s in args.sides if s != "betty" or expose_betty()]
+    engines = {s: build_engine(s, args.program, args.method, args.unroll, args.threads,
+                               args.seed) for s in sides}
+    per_round: dict[str, list[float]] = {s: [] for s in sides}
+    steps = args.chunk * args.unroll  # engine iterations per turn
+    for r in range(args.warmup_rounds + args.rounds):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        for side in order:
+            c0 = time.process_time()
+            advance(side, engines[side], steps)
+            if r >= args.warmup_rounds:
+                per_round[side].append((time.process_time() - c0) / args.chunk)
+    base = "betty" if "betty" in sides else sides[0]
+    result = {"program": args.program, "method": args.method, "unroll": args.unroll,
+              "threads": args.threads, "rounds": args.rounds, "chunk": args.chunk,
+              "torch": torch.__version__, "loadavg": os.getloadavg()[0], "baseline": base,
+              "sides": {}}
+    for side in sides:
+        times = per_round[side]
+        ratios = [t / b for t, b in zip(times, per_round[base])]
+        result["sides"][side] = {
+            "ms_per_iter_median": 1e3 * statistics.median(times),
+            "ms_per_iter_min": 1e3 * min(times),
+            "ratio_to_baseline_median": statistics.median(ratios),
+            "ratio_to_baseline_quartiles": statistics.quantiles(ratios, n=4)
+            if len(ratios) > 1 else None,
+        }
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--program", default="hpo", choices=["hpo", "reweight"])
+    ap.add_argument("--method", default="darts", choices=["darts", "neumann", "cg"])
+    ap.add_argument("--unroll", type=int, default=1)
+    ap.add_argument("--sides", default="betty,mlodsl,mlo,mlo_compiled",
+                    help="comma-separated, among " + ", ".join(SIDE_SCRIPTS))
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--warmup-rounds", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=5, help="MLO iterations per turn")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    args.sides = [s for s in args.sides.split(",") if s]
+    for s in args.sides:
+        suffix = SIDE_SCRIPTS[s][0]
+        if not (HERE / "programs" / f"{args.program}_{suffix}.py").exists():
+            args.sides.remove(s)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    result = measure(args)
+    rows = [{"side": s, **v} for s, v in result["sides"].items()]
+    print(_common.format_table(
+        rows, [("side", "side"), ("ms_per_iter_median", "median ms/it (cpu)"),
+               ("ms_per_iter_min", "min ms/it"),
+               ("ratio_to_baseline_median", f"ratio to {result['baseline']} (median)")],
+        floatfmt=".3g"))
+    print(f"\n{args.program} {args.method} unroll {args.unroll}: {args.rounds} rounds of "
+          f"{args.chunk} MLO iterations per side, in turns, in one process; ratio = the "
+          f"side's CPU time over {result['baseline']}'s in the same round, median over rounds. "
+          f"Load average {result['loadavg']:.2f}.")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
