@@ -217,8 +217,8 @@ def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch.compile could not run the loss"):
         _, compiled = _run_compiled_program()
     _, eager, _ = compile_and_run(LOSSES[0], sliced=True)
-    for a, b in zip(compiled, eager):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(compiled, eager):  # compile = True also picks fused optimizers: rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -232,3 +232,4 @@ def test_compile_runs_the_loss_graphs_through_torch_compile_with_the_same_result
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         used = plan.problems["classifier"].loss_fn._compiled
         assert used and all(fn is not None for fn in used.values())
+        assert plan.problems["classifier"].optimizer.defaults.get("fused") is True
