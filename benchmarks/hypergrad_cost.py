@@ -165,6 +165,11 @@ def _child(spec: dict) -> dict:
     mlo_s = hpo_loader.seconds_per_batch(warm, iters)
     out = {"plain_s": plain_s, "mlo_s": mlo_s, "ratio": mlo_s / plain_s, "peak_mb": peak,
            "device": str(next(cls_mod.parameters()).device)}
+    if spec.get("tensor_memory") and device.type == "cpu":
+        # A few more iterations under torch.profiler's memory events: the peak of live CPU
+        # tensor bytes above what was live before them (the CPU's max_memory_allocated).
+        engine.config.train_iters = engine.global_step + 3 * T
+        out["tensor_peak_mb"] = _common.run_with_tensor_memory(engine.run)
     if device.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["cuda_base_mb"] = base
@@ -186,6 +191,10 @@ def main(argv=None) -> int:
                         "allocation is its own mapping, returned when freed, so peak RSS follows "
                         "the live tensors instead of where they landed in the heap (CPU memory "
                         "only: the page faults slow the timings)")
+    p.add_argument("--tensor-memory", action="store_true",
+                   help="also measure the peak of live CPU tensor bytes over 3 more MLO "
+                        "iterations (torch.profiler memory events; independent of the C "
+                        "allocator)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -198,7 +207,8 @@ def main(argv=None) -> int:
         if wanted and label not in wanted:
             continue
         spec = dict(config=config, unroll=T, iters=args.iters, warmup=args.warmup,
-                    plain_steps=args.plain_steps, threads=args.threads, device=args.device)
+                    plain_steps=args.plain_steps, threads=args.threads, device=args.device,
+                    tensor_memory=args.tensor_memory)
         try:
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                                   capture_output=True, text=True, cwd=str(HERE.parent),
@@ -227,6 +237,8 @@ def main(argv=None) -> int:
                ("mlo_s", "s/MLO iter"), ("ratio", "ratio"), ("peak_mb", "peak MiB")]
     if any("cuda_peak_mb" in r for r in rows):
         columns.append(("cuda_peak_mb", "max_memory_allocated MiB"))
+    if any("tensor_peak_mb" in r for r in rows):
+        columns.append(("tensor_peak_mb", "live tensors peak MiB"))
     print(_common.format_table(rows, columns + [("error", "error")]))
     if args.out:
         _write(args.out, report)
