@@ -437,6 +437,7 @@ class Engine:
             self._checkpoint_due = True
         if self._checkpoint_due and ckpt.can_checkpoint(self):
             self._checkpoint_due = False
+            self._check_parameters_finite()
             self.save_checkpoint()
         interrupted = self._interrupt is not None
         if self.distributed:  # a signal may reach only some ranks: agree before stopping
@@ -457,7 +458,22 @@ class Engine:
             self.history.info(f"no checkpoint at iteration {self.global_step}: inside an "
                               f"unrolled window (the last one is at {self._last_checkpoint_step})")
             return
+        self._check_parameters_finite()
         self.save_checkpoint()
+
+    def _check_parameters_finite(self) -> None:
+        """Before a checkpoint: every problem's parameters are finite, or the run stops here.
+
+        The per-step guard reads losses and hypergradient-carrying gradients only; this one
+        pass over the parameters makes sure no checkpoint ever holds a diverged state.
+        """
+        if self.config.on_nan != "stop":
+            return
+        for problem in self.problems.values():
+            params = [p.detach() for p in problem.trainable_parameters()]
+            if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+                self._pending_checks.append((problem.name, "parameters", torch.tensor(math.nan)))
+        self._check_finite()
 
     def _install_signal_handlers(self) -> dict | None:
         # Only with somewhere to write to, and only from the main thread (Python's rule).
@@ -575,13 +591,19 @@ class Engine:
         skips the step (no parameter update, no scheduler step) and logs it.
         """
         scaled = self.precision.scaler(problem) is not None  # the scaler skips inf steps itself
+        if self.config.on_nan == "stop":
+            # Only gradients with hypergradients in them are read here (a pass over every
+            # gradient, a few percent of a small step): a leaf's gradient is backpropagation of
+            # its own loss, which is checked, and a non-finite gradient from a finite loss
+            # shows up as a non-finite loss one step later. Checkpoints are never written from
+            # non-finite parameters (_check_parameters_finite).
+            if grads and not scaled and self.descendants_bottom_up(problem.name):
+                norms = torch.stack(torch._foreach_norm([g.detach() for g in grads]))
+                self._pending_checks.append((problem.name, "gradient", norms))
+            return True
         # One norm per tensor (a fused kernel): non-finite exactly when an entry is.
         norms = None if scaled or not grads else torch.stack(
             torch._foreach_norm([g.detach() for g in grads]))
-        if self.config.on_nan == "stop":
-            if norms is not None:
-                self._pending_checks.append((problem.name, "gradient", norms))
-            return True
         ok = torch.isfinite(loss.detach()).all()
         if norms is not None:
             ok = ok & torch.isfinite(norms).all()
@@ -614,8 +636,9 @@ class Engine:
         if bool(flags.all()):
             return
         name, what = next((n, w) for (n, w, _), ok in zip(checks, flags.tolist()) if not ok)
-        where = (f"the gradient of problem '{name}' (hypergradients included)"
-                 if what == "gradient" else f"the loss of problem '{name}'")
+        where = {"gradient": f"the gradient of problem '{name}' (hypergradients included)",
+                 "parameters": f"the parameters of problem '{name}'"}.get(
+                     what, f"the loss of problem '{name}'")
         last = (f"; the last good checkpoint is iteration {self._last_checkpoint_step}"
                 if self._last_checkpoint_step is not None else "")
         raise MLOError(f"{where} became NaN or infinite at iteration {self.global_step} "

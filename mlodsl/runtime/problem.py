@@ -250,7 +250,7 @@ class Problem:
         if not isinstance(out, torch.Tensor) or out.numel() != 1:
             raise MLOError(f"problem '{self._name}': training_step must return a scalar tensor "
                            f"(or a dict with one under 'loss'), got {type(out).__name__}")
-        return out.reshape(()), metrics
+        return (out if out.dim() == 0 else out.reshape(())), metrics
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

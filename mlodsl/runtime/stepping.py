@@ -72,12 +72,19 @@ def _optimizer_update(engine, problem, grads: list[torch.Tensor], loss: torch.Te
     if clip and clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
     if not engine.allow_step(problem, loss, [p.grad for p in params]):
-        problem.optimizer.zero_grad(set_to_none=True)
+        _clear_grads(params)
         return
     engine.precision.step(problem)
-    problem.optimizer.zero_grad(set_to_none=True)
+    _clear_grads(params)
     _after_update(problem, params)
     _scheduler_step(engine, problem)
+
+
+def _clear_grads(params) -> None:
+    # What optimizer.zero_grad(set_to_none=True) does for the gradients this step set, without
+    # its profiler record and walk over every param group (a few percent of a small step).
+    for p in params:
+        p.grad = None
 
 
 def _after_update(problem, params) -> None:

@@ -81,3 +81,19 @@ def test_skip_guards_hypergradients_too():
     e.run()
     assert torch.equal(before[3]["upper.wd"], before[4]["upper.wd"])
     assert not math.isnan(before[6]["upper.wd"].sum().item())
+
+
+def test_leaf_gradient_blowup_with_finite_loss_never_reaches_a_checkpoint(tmp_path):
+    """A leaf's gradient is not read every step (its loss is): an infinite gradient from a
+    finite loss stops the run at the next checkpoint or loss, and no checkpoint holds it."""
+    d = tmp_path / "ck"
+    e = P.build(20, engine_kwargs=dict(checkpoint_every=1, checkpoint_dir=str(d)))
+    e.history.console = False
+    _poison(e, "lower", at=7, what="grad")
+    with pytest.raises(MLOError, match=r"problem 'lower'.*iteration 7.*last good checkpoint "
+                                       r"is iteration 6"):
+        e.run()
+    assert ckpt.list_checkpoints(d)[-1].name == "ckpt-00000006.pt"
+    good = P.build(20)
+    assert good.resume(str(d))
+    assert all(torch.isfinite(v).all() for v in P.params_of(good).values())
