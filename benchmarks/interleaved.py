@@ -97,6 +97,9 @@ def measure(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     sides = [s for s in args.sides if s != "betty" or expose_betty()]
+    if len(sides) < len(args.sides):
+        print("interleaved: no benchmarks/.betty-venv (python benchmarks/vs_betty.py --setup): "
+              "Betty's side is left out", file=sys.stderr)
     engines = {s: build_engine(s, args.program, args.method, args.unroll, args.threads,
                                args.seed) for s in sides}
     per_round: dict[str, list[float]] = {s: [] for s in sides}
@@ -140,11 +143,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    args.sides = [s for s in args.sides.split(",") if s]
-    for s in args.sides:
-        suffix = SIDE_SCRIPTS[s][0]
-        if not (HERE / "programs" / f"{args.program}_{suffix}.py").exists():
-            args.sides.remove(s)
+    unknown = [s for s in args.sides.split(",") if s and s not in SIDE_SCRIPTS]
+    if unknown:
+        ap.error(f"unknown side(s) {', '.join(unknown)}; known: {', '.join(SIDE_SCRIPTS)}")
+    # a side whose program file does not exist (reweight has no .mlo twin) is left out
+    args.sides = [s for s in args.sides.split(",") if s and
+                  (HERE / "programs" / f"{args.program}_{SIDE_SCRIPTS[s][0]}.py").exists()]
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     result = measure(args)
     rows = [{"side": s, **v} for s, v in result["sides"].items()]

@@ -1,7 +1,7 @@
 """The benchmark programs still run (a few iterations each): no timings are asserted.
 
-Betty is not installed in CI, so only mlodsl's sides run here (the interleaved harness too:
-it leaves out a side it cannot build only when asked to, so it is given mlodsl's sides).
+Betty is not installed in CI, so only mlodsl's sides run here (the interleaved harness leaves
+Betty out when its venv is missing; it is given mlodsl's sides).
 """
 from __future__ import annotations
 
