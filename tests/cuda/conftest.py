@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # for cuda_helpers
+HERE = Path(__file__).parent
+# cuda_helpers, and the programs it shares with the hypergradient and systems suites
+for folder in (HERE, HERE.parent / "hypergrad", HERE.parent / "systems"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 @pytest.fixture(autouse=True)

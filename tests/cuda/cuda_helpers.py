@@ -21,6 +21,13 @@ from torch.overrides import TorchFunctionMode
 
 from mlodsl import Config, Engine, EngineConfig, ImplicitProblem, IterativeProblem
 
+# Shared with the hypergradient and systems suites (tests/cuda/conftest.py puts their folders
+# on the path): the ridge problem with its closed form, and the MLP program's pieces.
+from _programs import Decay  # noqa: F401
+from _programs import Lower as MLPLower
+from hg_problems import (RidgeLower, RidgeLowerIter, RidgeUpper, Vec,  # noqa: F401
+                         ridge_data, ridge_exact)
+
 ROOT = Path(__file__).resolve().parents[2]
 MLODSL_DIR = str(ROOT / "mlodsl") + os.sep
 TORCH_DIR = str(Path(torch.__file__).resolve().parent) + os.sep
@@ -173,61 +180,7 @@ def params_cpu(engine) -> dict[str, torch.Tensor]:
 # g(w, lam) = |X w - y|^2 / (2n) + sum lam w^2 / 2,  f(w) = |Xv w - yv|^2 / (2m):
 # w*(lam) = H^-1 X'y / n with H = X'X/n + diag(lam), df/dlam = -diag(w*) H^-1 grad f(w*).
 
-class Vec(nn.Module):
-    """A module whose only parameter is one vector."""
-
-    def __init__(self, value: torch.Tensor):
-        super().__init__()
-        self.p = nn.Parameter(value.detach().clone())
-
-    def forward(self):
-        return self.p
-
-
-def ridge_data(d: int = 5, n: int = 40, m: int = 30, seed: int = 0):
-    """``(X, y, Xv, yv, lam)`` in float64 on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g, dtype=DT)
-    w_true = torch.randn(d, generator=g, dtype=DT)
-    y = X @ w_true + 0.3 * torch.randn(n, generator=g, dtype=DT)
-    Xv = torch.randn(m, d, generator=g, dtype=DT)
-    yv = Xv @ w_true + 0.3 * torch.randn(m, generator=g, dtype=DT)
-    lam = 0.1 + torch.rand(d, generator=g, dtype=DT)
-    return X, y, Xv, yv, lam
-
-
-def ridge_exact(X, y, Xv, yv, lam):
-    """``(w*, H, exact hypergradient)`` (CPU, float64)."""
-    n, m = len(y), len(yv)
-    H = X.T @ X / n + torch.diag(lam)
-    w = torch.linalg.solve(H, X.T @ y / n)
-    grad_f = Xv.T @ (Xv @ w - yv) / m
-    return w, H, -w * torch.linalg.solve(H, grad_f)
-
-
-class RidgeLower(ImplicitProblem):
-    """The ridge training loss; the penalties come from the upper."""
-
-    def training_step(self, batch):
-        X, y = batch
-        w = self.module()
-        return ((X @ w - y) ** 2).sum() / (2 * len(y)) + (self.upper() * w ** 2).sum() / 2
-
-
-class RidgeLowerIter(IterativeProblem):
-    """The same loss, stepped differentiably."""
-
-    training_step = RidgeLower.training_step
-
-
-class RidgeUpper(ImplicitProblem):
-    """Validation MSE of the lower."""
-
-    def training_step(self, batch):
-        X, y = batch
-        w = self.lower()
-        return ((X @ w - y) ** 2).sum() / (2 * len(y))
-
+# The ridge problem and its closed form are the hypergradient suite's (hg_problems).
 
 def ridge_engine(method: str, device, config: dict | None = None, w0=None, data=None,
                  lower_cls=RidgeLower, every: int = 1, iters: int = 1, upper_lr: float = 1.0,
@@ -345,25 +298,7 @@ class Net(nn.Module):
         return self.fc2(torch.relu(self.bn(self.fc1(x))))
 
 
-class Decay(nn.Module):
-    """Per-weight decay of the first layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.wd = nn.Parameter(torch.full((16, 20), 1e-2))
-
-    def forward(self):
-        return self.wd
-
-
-class MLPLower(ImplicitProblem):
-    """Cross-entropy plus the upper's weighted L2."""
-
-    def training_step(self, batch):
-        x, y = batch
-        reg = (self.module.fc1.weight ** 2 * self.upper()).sum() / 2
-        return F.cross_entropy(self.module(x), y) + reg
-
+# Decay and the lower's loss (MLPLower) are the systems tests' program's (_programs).
 
 class MLPLowerIter(IterativeProblem):
     """The same loss, stepped differentiably (the upper unrolls through it)."""
