@@ -133,10 +133,18 @@ class _Lowering:
         return block.field(name) if block is not None else None
 
     def compile_requested(self) -> bool:
-        """Whether the engine block says ``compile = True`` (a literal, or a let bound to one)."""
+        """The engine's ``compile`` (False when unset); an error unless it is True or False.
+
+        Read by the optimizers (fused kernels) and by the engine settings.
+        """
         f = self.field("compile")
-        return f is not None and literal_value(
-            f.value, {let.name: let for let in self.program.lets}) is True
+        if f is None:
+            return False
+        value = self.interp("engine compile").run(f.value)
+        if not isinstance(value, bool):
+            raise self.sources.error(f.value, "'compile' of the engine must be True or "
+                                     f"False, got {value!r}")
+        return value
 
     def static_seed(self) -> int | None:
         f = self.field("seed")
@@ -436,12 +444,7 @@ class _Lowering:
                                              f"got {type(value).__name__}")
                 out[name] = value
         if self.field("compile") is not None:
-            f = self.field("compile")
-            value = self.interp("engine compile").run(f.value)
-            if not isinstance(value, bool):
-                raise self.sources.error(f.value, "'compile' of the engine must be True or "
-                                         f"False, got {value!r}")
-            out["compile"] = value
+            out["compile"] = self.compile_requested()
         if self.field("checkpoint_every") is not None:
             out["checkpoint_every"] = self.engine_int("checkpoint_every")
         if self.field("checkpoint_keep") is not None:

@@ -15,6 +15,7 @@ Example::
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -91,7 +92,6 @@ class GraphLoss:
                 f"{describe_exception(err)}", f"raised at {frame}" if frame else None,
                 kind="run", span=span) from None
 
-
     def _run_compiled(self, gm: torch.fx.GraphModule, parts: list) -> Any:
         """``gm.forward(*parts)`` through torch.compile, or ``_NOT_COMPILED``.
 
@@ -111,10 +111,9 @@ class GraphLoss:
             return fn(*parts)
         except Exception as err:  # noqa: BLE001 - fall back to the eager graph
             self._compiled[key] = None
-            import warnings
             warnings.warn(f"torch.compile could not run the loss of '{self.problem}' "
-                          f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
-                          "it runs eagerly", RuntimeWarning, stacklevel=3)
+                          f"({describe_exception(err)[:240]}); it runs eagerly",
+                          RuntimeWarning, stacklevel=3)
             return _NOT_COMPILED
 
 

@@ -99,6 +99,9 @@ def gradient_slice(gm: fx.GraphModule, wrt: Iterable[str]) -> fx.GraphModule | N
         n.meta.update(like.meta)
         return n
 
+    def depends(a) -> bool:
+        return isinstance(a, fx.Node) and a in dep
+
     def spine(node: fx.Node) -> fx.Node:
         """A node with ``node``'s gradient in ``wrt`` (``node`` depends on ``wrt``)."""
         if node.op != "call_function" or node.kwargs:
@@ -106,8 +109,7 @@ def gradient_slice(gm: fx.GraphModule, wrt: Iterable[str]) -> fx.GraphModule | N
         target, args = node.target, node.args
         if target in (_ADD, _SUB) and len(args) == 2:
             a, b = args
-            da, db = a in dep if isinstance(a, fx.Node) else False, \
-                b in dep if isinstance(b, fx.Node) else False
+            da, db = depends(a), depends(b)
             if da and db:
                 return emit(target, (spine(a), spine(b)), node)
             dropped[0] += 1
@@ -118,8 +120,7 @@ def gradient_slice(gm: fx.GraphModule, wrt: Iterable[str]) -> fx.GraphModule | N
             return emit(target, (spine(args[0]),), node)
         if target in (_MUL, _DIV) and len(args) == 2:
             a, b = args
-            da = isinstance(a, fx.Node) and a in dep
-            db = isinstance(b, fx.Node) and b in dep
+            da, db = depends(a), depends(b)
             if da and not db:
                 return emit(target, (spine(a), arg(b)), node)
             if db and not da and target is _MUL:

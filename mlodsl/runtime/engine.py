@@ -25,7 +25,6 @@ the run folder (:class:`~mlodsl.runtime.logging.RunWriter`).
 """
 from __future__ import annotations
 
-import math
 import random
 import signal
 import threading
@@ -54,6 +53,11 @@ __all__ = ["Engine", "EdgeSpec"]
 
 _RESERVED = set(dir(Problem)) | {"module", "optimizer", "scheduler", "train_data_loader",
                                  "device", "cur_batch", "after_step", "grad_clip"}
+
+
+def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One norm per tensor (a fused kernel): non-finite exactly when an entry is."""
+    return torch.stack(torch._foreach_norm([t.detach() for t in tensors]))
 
 
 class EdgeSpec:
@@ -470,9 +474,9 @@ class Engine:
         if self.config.on_nan != "stop":
             return
         for problem in self.problems.values():
-            params = [p.detach() for p in problem.trainable_parameters()]
-            if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
-                self._pending_checks.append((problem.name, "parameters", torch.tensor(math.nan)))
+            params = problem.trainable_parameters()
+            if params:
+                self._pending_checks.append((problem.name, "parameters", _norms(params)))
         self._check_finite()
 
     def _install_signal_handlers(self) -> dict | None:
@@ -590,20 +594,19 @@ class Engine:
         check (no sync here). ``on_nan="skip"``: one host sync; a non-finite loss or gradient
         skips the step (no parameter update, no scheduler step) and logs it.
         """
+        stop = self.config.on_nan == "stop"
         scaled = self.precision.scaler(problem) is not None  # the scaler skips inf steps itself
-        if self.config.on_nan == "stop":
-            # Only gradients with hypergradients in them are read here (a pass over every
-            # gradient, a few percent of a small step): a leaf's gradient is backpropagation of
-            # its own loss, which is checked, and a non-finite gradient from a finite loss
-            # shows up as a non-finite loss one step later. Checkpoints are never written from
-            # non-finite parameters (_check_parameters_finite).
-            if grads and not scaled and self.descendants_bottom_up(problem.name):
-                norms = torch.stack(torch._foreach_norm([g.detach() for g in grads]))
+        # With "stop", only gradients with hypergradients in them are read (a pass over every
+        # gradient, a few percent of a small step): a leaf's gradient is backpropagation of its
+        # own loss, which is checked, and a non-finite gradient from a finite loss shows up as
+        # a non-finite loss one step later. Checkpoints are never written from non-finite
+        # parameters (_check_parameters_finite).
+        read = grads and not scaled and (not stop or self.descendants_bottom_up(problem.name))
+        norms = _norms(grads) if read else None
+        if stop:
+            if norms is not None:
                 self._pending_checks.append((problem.name, "gradient", norms))
             return True
-        # One norm per tensor (a fused kernel): non-finite exactly when an entry is.
-        norms = None if scaled or not grads else torch.stack(
-            torch._foreach_norm([g.detach() for g in grads]))
         ok = torch.isfinite(loss.detach()).all()
         if norms is not None:
             ok = ok & torch.isfinite(norms).all()

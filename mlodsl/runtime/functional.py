@@ -66,9 +66,6 @@ def substitute(views: Sequence[tuple[nn.Module, ModuleView]]) -> Iterator[None]:
         yield
 
 
-
-
-
 def gradient_fingerprint(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[tuple]:
     """Per parameter, ``(sum g, |g|, numel)`` of ``g = d loss / d params`` (None where unused).
 
