@@ -54,7 +54,8 @@ def test_delta_zero_is_theta_and_adaptation_lowers_the_error():
     torch.manual_seed(0)
     net = SineMLP(8)
     x = torch.randn(3, 5, 1)
-    assert torch.equal(net(x), net(x, TaskDelta(net, tasks=3)()))
+    # Zero deltas reproduce theta; the batched path may round differently from the plain one.
+    assert torch.allclose(net(x), net(x, TaskDelta(net, tasks=3)()), rtol=1e-6, atol=1e-7)
     out = adapted_mse(net, steps=3, lr=0.01, tasks=50)
     assert math.isfinite(out["mse"]) and out["mse"] < out["mse_0"]
 
