@@ -157,8 +157,8 @@ class CompiledProblem(ImplicitProblem):
     def compiles(self) -> bool:
         """Whether this problem's first-order loss evaluations go through torch.compile."""
         engine = getattr(self, "_engine", None)
-        return bool(engine is not None and engine.config.compile
-                    and isinstance(self.loss_fn, GraphLoss))
+        return bool(engine is not None and isinstance(self.loss_fn, GraphLoss)
+                    and engine.compiles_loss_evaluations())
 
     def first_order_training_step(self, batch: Any) -> Any:
         """The loss graph through torch.compile when the engine says ``compile = True``."""

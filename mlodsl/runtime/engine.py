@@ -178,6 +178,9 @@ class Engine:
         for p in self.problems.values():
             p._initialize(self, self._device)
         self.precision = Precision(self)
+        # compile = True: whole iterations captured and compiled (runtime/compiled/), built
+        # at the first iteration
+        self._whole = None
         if self.distributed:
             dist.broadcast_parameters([p.module for p in self.problems.values()])
 
@@ -350,10 +353,19 @@ class Engine:
         """One iteration: every leaf steps once; uppers step as their quotas fill."""
         for problem in self.problems.values():  # parameters are read afresh once per iteration
             problem.invalidate_parameter_cache()
-        for name in self.schedule.iteration():
+        names = self.schedule.iteration()
+        batches = {}
+        if self.config.compile:
+            if self._whole_iteration().run(names):
+                for name in names:
+                    self._log_problem(self.problems[name])
+                self._check_finite()
+                return
+            batches = self._whole.prefetched  # read already by a capture that fell back
+        for name in names:
             problem = self.problems[name]
             self._maybe_cache_for_roll_back(problem)
-            take_step(self, problem)
+            take_step(self, problem, batch=batches.get(name))
             self._log_problem(problem)
             lowers = self.schedule.lowers(name)
             for lower in lowers:
@@ -362,6 +374,17 @@ class Engine:
             if self.config.roll_back:
                 self._roll_back_lowers(name)
         self._check_finite()
+
+    def _whole_iteration(self):
+        if self._whole is None:
+            from mlodsl.runtime.compiled import WholeIteration
+            self._whole = WholeIteration(self)
+        return self._whole
+
+    def compiles_loss_evaluations(self) -> bool:
+        """Whether eager steps run compiled loss graphs' first-order evaluations through
+        torch.compile: ``compile = True`` where whole iterations are not captured (fallback)."""
+        return bool(self.config.compile) and self._whole_iteration().falls_back
 
     def validation(self) -> dict | None:
         """Override to return validation metrics (a dict of numbers); None skips logging."""

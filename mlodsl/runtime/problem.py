@@ -191,6 +191,13 @@ class Problem:
         """The tensors the loss currently sees: fast weights while unrolling, else live ones."""
         return list(self._fast) if self._fast is not None else self.trainable_parameters()
 
+    def record_step(self, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
+        """Count a step taken outside :func:`~mlodsl.runtime.stepping.take_step` (a captured
+        iteration, :mod:`mlodsl.runtime.compiled`) and keep its loss and metrics for logging."""
+        self.last_loss = loss.detach()
+        self.last_metrics = metrics
+        self._count += 1
+
     # -- set-up, called by the engine ---------------------------------------------------------
     def _initialize(self, engine, default_device: torch.device) -> None:
         self._engine = engine

@@ -1,0 +1,260 @@
+"""The compiled execution mode: each schedule pattern captured once, compiled once, run.
+
+``engine { compile = True }`` (``EngineConfig(compile=True)``) gives the engine a
+:class:`WholeIteration`. Every engine iteration the schedule says which problems step (the
+*pattern*: with ``every 5``, ``(lower,)`` four times and then ``(lower, upper)``); for each
+pattern seen the first time, :class:`~mlodsl.runtime.compiled.iteration.CapturedIteration`
+builds one pure function of the training state, ``torch.compile`` compiles it (one graph,
+``fullgraph=True``), and from then on that pattern's iterations are one call of it. Data
+loading, learning-rate schedulers, counters, logging, validation, checkpoints and the
+divergence guard's single check per iteration stay in the engine, unchanged.
+
+What a graph cannot hold runs on the eager path (where ``compile = True`` still runs the loss
+graphs' first-order evaluations through torch.compile), with ONE warning naming the reason
+(and, for a ``.mlo`` program, the field's ``FILE:LINE:COL``): a method other than ``darts``,
+``sama``, ``neumann``, ``cg`` and ``first_order`` (``unroll`` and ``reinforce`` windows span
+iterations or sample on the host), ``cg(tol > 0)``, an optimizer without a functional rule,
+modules with buffers (BatchNorm statistics), ``on_nan = "skip"``, mixed precision,
+data parallelism, ``roll_back``, or a loss or callback that torch.compile cannot trace as one
+graph (``.item()``, data-dependent Python): the last kind is found when the pattern is first
+compiled. A pattern also runs eagerly until its optimizers have state (torch creates it at their
+first step).
+
+``MLODSL_COMPILE_BACKEND`` chooses how a captured function runs: ``inductor`` (the default:
+``torch.compile``), any other torch.compile backend name, or ``python`` (the captured function
+itself, eagerly: the same code torch.compile receives; the tests use it). Inductor's cache
+(``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary directory) makes a second run's
+compilation of the same program much faster.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from mlodsl.runtime.compiled.iteration import CAPTURED_METHODS, CapturedIteration
+from mlodsl.runtime.compiled.optimizers import NotCapturable, functional_optimizer
+
+__all__ = ["WholeIteration", "program_reasons", "Verdict"]
+
+
+@dataclass
+class Verdict:
+    """Whether one piece of a program (a problem or an edge) runs in the captured graph."""
+
+    piece: str  # "problem hpo" or "edge hpo -> classifier"
+    compiled: bool
+    reason: str = ""
+    where: str | None = None  # FILE:LINE:COL of the field responsible, when known
+
+    def line(self) -> str:
+        """``problem hpo: compiled`` or ``edge ...: eager (reason) at FILE:LINE:COL``."""
+        if self.compiled:
+            return f"{self.piece}: compiled"
+        return f"{self.piece}: eager ({self.reason})" + (f" [{self.where}]" if self.where else "")
+
+
+def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings: Any,
+                    locate: Callable[[str, str], str | None] | None = None) -> list[Verdict]:
+    """Per problem and edge, whether it can be captured and why not (no torch.compile run).
+
+    ``problems``: name -> runtime problem (module and optimizer built); ``edges``: objects with
+    ``upper``, ``lower``, ``method``, ``args``; ``settings``: an ``EngineConfig`` (or any object
+    with its fields); ``locate(problem, field)``: the ``FILE:LINE:COL`` of a problem's field
+    (``.mlo`` programs) or None.
+    """
+    locate = locate or (lambda problem, field: None)
+    out: list[Verdict] = []
+    engine_wide = _engine_reason(settings, problems)
+    iterative = {n for n, p in problems.items() if getattr(p, "iterative", False)}
+    for name, problem in problems.items():
+        reason, field = engine_wide, None
+        if reason is None and any(b is not None for _, b in problem.module.named_buffers()):
+            reason, field = "its module has buffers (e.g. BatchNorm statistics)", "module"
+        if reason is None:
+            try:
+                functional_optimizer(problem.optimizer, problem.trainable_parameters())
+            except NotCapturable as why:
+                reason, field = str(why), "optimizer"
+        if reason is None and name in iterative:
+            reason = "an IterativeProblem's steps are unrolled across iterations"
+        out.append(Verdict(f"problem {name}", reason is None, reason or "",
+                           locate(name, field) if field else None))
+    for e in edges:
+        reason = engine_wide
+        if reason is None and e.method not in CAPTURED_METHODS:
+            reason = {"unroll": "unroll's window spans iterations",
+                      "reinforce": "reinforce samples and keeps a baseline on the host"}.get(
+                e.method, f"method '{e.method}' has no functional form")
+        if reason is None and e.method == "cg" and (e.args or {}).get("tol", 0) > 0:
+            reason = "cg(tol > 0) decides on the host when to stop"
+        if reason is None and e.lower in iterative:
+            reason = "the lower is an IterativeProblem (unrolled)"
+        out.append(Verdict(f"edge {e.upper} -> {e.lower}", reason is None, reason or "",
+                           locate(e.upper, "depends") if reason and reason != engine_wide
+                           else None))
+    return out
+
+
+def _engine_reason(settings: Any, problems: Mapping[str, Any]) -> str | None:
+    if not getattr(settings, "compile", False):
+        return "compile = False"
+    if getattr(settings, "on_nan", "stop") == "skip":
+        return "on_nan = 'skip' decides on the host before every step"
+    if getattr(settings, "roll_back", False):
+        return "roll_back re-runs steps from host-side copies"
+    strategy = getattr(settings, "strategy", "default")
+    if strategy in ("distributed", "ddp", "zero", "fsdp") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "data-parallel runs average gradients across ranks between sub-steps"
+    precisions = {getattr(settings, "precision", "fp32")} | {
+        p.config.precision for p in problems.values()
+        if p.config.explicitly_set("precision")}
+    if precisions != {"fp32"}:
+        return "mixed precision (autocast, gradient scaling)"
+    return None
+
+
+class _Entry:
+    """One pattern's captured function and how it runs (or why it does not)."""
+
+    __slots__ = ("iteration", "fn", "signature", "reason", "calls")
+
+    def __init__(self, iteration=None, reason=None):
+        self.iteration = iteration
+        self.fn = None
+        self.signature = iteration.signature() if iteration is not None else None
+        self.reason = reason
+        self.calls = 0
+
+
+class WholeIteration:
+    """The engine's compiled mode: runs an iteration captured, or says the engine must.
+
+    The engine calls :meth:`run` with the iteration's pattern; True means the iteration was
+    taken (state written back, losses handed to the guard, counters and schedulers advanced),
+    False means the engine takes it eagerly, with the batches in :attr:`prefetched` when some
+    were already read.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.backend = os.environ.get("MLODSL_COMPILE_BACKEND", "inductor")
+        self._entries: dict[tuple[str, ...], _Entry] = {}
+        self._warned: set[str] = set()
+        self.prefetched: dict[str, Any] = {}
+        self.compile_seconds: dict[tuple[str, ...], float] = {}
+        verdicts = program_reasons(engine.problems, engine.edges.values(), engine.config,
+                                   getattr(engine, "field_location", None))
+        self.verdicts = verdicts
+        # a piece that is eager makes every pattern that holds it eager
+        self._eager = {v.piece: v for v in verdicts if not v.compiled}
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether some pattern runs eagerly for a reason other than a missing first step."""
+        return bool(self._eager) or any(e.reason for e in self._entries.values())
+
+    # -- the hook ----------------------------------------------------------------------------------
+    def run(self, names: list[str]) -> bool:
+        """Take the iteration stepping ``names`` captured; False: the engine steps eagerly."""
+        self.prefetched = {}
+        key = tuple(names)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = self._capture(key)
+        if entry.iteration is None:
+            return False
+        it = entry.iteration
+        if not it.ready():
+            return False  # torch's first step creates the optimizer state
+        if it.signature() != entry.signature:  # a hyperparameter other than lr changed
+            entry = self._entries[key] = self._capture(key)
+            if entry.iteration is None:
+                return False
+            it = entry.iteration
+        batches = {n: [self.engine.problems[n].next_batch() for _ in range(it.steps[n].accum)]
+                   for n in key}
+        args = it.inputs(batches)
+        try:
+            outputs = self._call(entry, key, args)
+        except NotCapturable as why:
+            entry.iteration = None
+            entry.reason = str(why)
+            self._warn(key, str(why))
+            self.prefetched = {n: b[0] for n, b in batches.items()}
+            return False
+        self._after(key, outputs)
+        return True
+
+    # -- capture and compile -----------------------------------------------------------------------
+    def _capture(self, key: tuple[str, ...]) -> _Entry:
+        for v in self.verdicts:
+            if v.compiled:
+                continue
+            if v.piece.startswith("problem ") and v.piece[8:] in key:
+                return self._eager_entry(key, v)
+            if v.piece.startswith("edge "):
+                upper = v.piece[5:].split(" -> ")[0]
+                if upper in key:
+                    return self._eager_entry(key, v)
+        try:
+            return _Entry(CapturedIteration(self.engine, key))
+        except NotCapturable as why:
+            self._warn(key, str(why))
+            return _Entry(reason=str(why))
+
+    def _eager_entry(self, key, verdict: Verdict) -> _Entry:
+        self._warn(key, f"{verdict.piece}: {verdict.reason}", verdict.where)
+        return _Entry(reason=verdict.reason)
+
+    def _call(self, entry: _Entry, key, args) -> dict:
+        it = entry.iteration
+        if self.backend == "python":
+            return it(*args)
+        if entry.fn is None:
+            entry.fn = torch.compile(it, fullgraph=True, dynamic=False, backend=self.backend)
+        if entry.calls:
+            return entry.fn(*args)
+        t0 = time.perf_counter()
+        try:
+            out = entry.fn(*args)
+        except Exception as err:  # noqa: BLE001 - compiling is a speed-up, never a failure
+            raise NotCapturable(f"torch.compile could not hold the iteration as one graph: "
+                                f"{_first_line(err)}") from None
+        seconds = time.perf_counter() - t0
+        entry.calls += 1
+        self.compile_seconds[key] = seconds
+        self.engine.history.info(f"compiling iteration ({', '.join(key)}): {seconds:.1f} s")
+        return out
+
+    def _warn(self, key, reason: str, where: str | None = None) -> None:
+        if reason in self._warned:
+            return
+        self._warned.add(reason)
+        prefix = f"{where}: " if where else ""
+        warnings.warn(f"{prefix}compile = True: the iteration stepping {', '.join(key)} runs "
+                      f"eagerly: {reason}", RuntimeWarning, stacklevel=4)
+
+    # -- after a captured iteration ----------------------------------------------------------------
+    def _after(self, key, outputs: dict) -> None:
+        engine = self.engine
+        for name in key:
+            problem = engine.problems[name]
+            loss, norms, metrics = outputs[name]
+            problem.record_step(loss, metrics)
+            engine.watch_finite(problem, loss)
+            if norms is not None:
+                engine.allow_step(problem, loss, [norms])
+            sched = problem.scheduler
+            if sched is not None and not isinstance(
+                    sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step()  # outside the graph: the new lr is a tensor input next time
+
+
+def _first_line(err: Exception) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
