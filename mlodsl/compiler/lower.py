@@ -105,7 +105,24 @@ class _Lowering:
             levels=dict(self.levels), edges=edges,
             losses={n: losses[n] for n in by_level}, engine_settings=settings,
             search_path=path, sources=self.sources, validate=validate, validate_node=node,
-            warnings=self.warnings, descriptions=self.descriptions)
+            warnings=self.warnings, descriptions=self.descriptions,
+            locations=self.locations())
+
+    def locations(self) -> dict[tuple[str, str], str]:
+        """``FILE:LINE:COL`` of every problem field and edge: ``(problem, field)`` and
+        ``(upper, "edge:" + lower)`` (for messages about them at run time, e.g. compile's)."""
+        out = {}
+
+        def at(node, span) -> str:
+            return f"{self.sources.file_of(node)}:{span.line}:{span.column}"
+
+        for p in self.program.problems:
+            for f in p.fields:
+                out.setdefault((p.name, f.name), at(f, f.span))
+            for e in p.edges:
+                node = e.method if e.method is not None else e
+                out[(p.name, f"edge:{e.target}")] = at(node, getattr(node, "span", e.span))
+        return out
 
     # -- evaluation helpers ---------------------------------------------------------------------
     def interp(self, what: str, problems: dict | None = None, methods_first: bool = False,

@@ -217,11 +217,17 @@ class PlanEngine(Engine):
     """The runtime's engine with the program's ``validate`` expression as its validation."""
 
     def __init__(self, *args: Any, validate: Callable[[Mapping[str, Any]], Any] | None = None,
-                 validate_node: Any = None, sources: SourceMap | None = None, **kwargs: Any):
+                 validate_node: Any = None, sources: SourceMap | None = None,
+                 locations: Mapping[tuple[str, str], str] | None = None, **kwargs: Any):
         self._validate_fn = validate
+        self._locations = dict(locations or {})
         self._validate_node = validate_node
         self._sources = sources
         super().__init__(*args, **kwargs)
+
+    def field_location(self, problem: str, field: str) -> str | None:
+        """``FILE:LINE:COL`` of a problem's field (``"edge:LOWER"``: its edge), or None."""
+        return self._locations.get((problem, field))
 
     def validation(self) -> dict | None:
         """The value of ``validate``: a number (logged as ``metric``) or a dict of numbers."""
@@ -283,6 +289,7 @@ class ExecutionPlan:
     validate_node: Any = None
     warnings: list[Diagnostic] = field(default_factory=list)
     descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
+    locations: dict[tuple[str, str], str] = field(default_factory=dict)
     engine: PlanEngine | None = None
 
     # -- what it is ---------------------------------------------------------------------------
@@ -371,7 +378,8 @@ class ExecutionPlan:
             self.engine = PlanEngine(
                 config=config, problems=[self.problems[n] for n in self.order],
                 edges=[e.spec() for e in self.edges], validate=self.validate,
-                validate_node=self.validate_node, sources=self.sources)
+                validate_node=self.validate_node, sources=self.sources,
+                locations=self.locations)
         self.engine.history.console = console
         for n, info in self.losses.items():  # tensor constants of the graphs, too
             if info.graph is not None:

@@ -375,6 +375,13 @@ class Engine:
                 self._roll_back_lowers(name)
         self._check_finite()
 
+    @property
+    def whole_iteration(self):
+        """The compiled mode's state (:class:`~mlodsl.runtime.compiled.WholeIteration`: which
+        patterns are captured, compile times, how many iterations ran captured); None unless
+        ``compile = True``."""
+        return self._whole_iteration() if self.config.compile else None
+
     def _whole_iteration(self):
         if self._whole is None:
             from mlodsl.runtime.compiled import WholeIteration

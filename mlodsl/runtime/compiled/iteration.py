@@ -150,8 +150,10 @@ class CapturedIteration:
             fo.ready() for fo in self._sama_optimizers.values())
 
     def signature(self) -> tuple:
-        """The constants baked into the function (hyperparameters other than learning rates)."""
-        return tuple(s.optimizer.signature() for s in self.steps.values())
+        """What the function was built for: which tensors train (a frozen parameter changes
+        it) and the constants baked in (hyperparameters other than learning rates)."""
+        return (tuple(tuple(map(id, p.trainable_parameters())) for p in self.problems.values()),
+                tuple(s.optimizer.signature() for s in self.steps.values()))
 
     # -- the function ------------------------------------------------------------------------------
     def __call__(self, params: Params, states: dict, lrs: dict, steps: dict, context: dict):

@@ -173,8 +173,8 @@ class FunctionalOptimizer:
 
     def signature(self) -> tuple:
         """The graph's constants (every hyperparameter but the learning rate), to compare."""
-        return tuple(tuple(sorted(self._read_hyper(g).items(), key=lambda kv: kv[0]))
-                     for g in self.optimizer.param_groups)
+        fields = self._fields
+        return tuple(tuple(g.get(k) for k in fields) for g in self.optimizer.param_groups)
 
     def ready(self) -> bool:
         """Whether torch has created every state tensor this rule reads (after a first step)."""
