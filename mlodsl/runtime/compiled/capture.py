@@ -263,11 +263,11 @@ class WholeIteration:
         engine = self.engine
         for name in key:
             problem = engine.problems[name]
-            loss, norms, metrics = outputs[name]
+            loss, sums, metrics = outputs[name]
             problem.record_step(loss, metrics)
             engine.watch_finite(problem, loss)
-            if norms is not None:
-                engine.allow_step(problem, loss, [norms])
+            if sums is not None:  # the guard reads hypergradient-carrying gradients
+                engine.allow_step(problem, loss, [sums])
             sched = problem.scheduler
             if sched is not None and not isinstance(
                     sched, torch.optim.lr_scheduler.ReduceLROnPlateau):

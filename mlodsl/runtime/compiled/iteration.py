@@ -159,9 +159,9 @@ class CapturedIteration:
     def __call__(self, params: Params, states: dict, lrs: dict, steps: dict, context: dict):
         """Run one iteration on the given state; write it back in place; return the outputs.
 
-        Returns ``{name: (loss, gradient_norms or None, metrics)}`` for each stepping problem:
-        its last loss (detached), the norms of its hypergradient-carrying total gradient (for
-        the divergence guard) and the other entries of its ``training_step`` dict.
+        Returns ``{name: (loss, gradient_sums or None, metrics)}`` for each stepping problem:
+        its last loss (detached), per parameter the sum of its hypergradient-carrying total
+        gradient (finite exactly when the gradient is: for the divergence guard) and the other entries of its ``training_step`` dict.
         """
         live_params, live_states = params, states
         params = {n: list(v) for n, v in params.items()}
@@ -184,8 +184,9 @@ class CapturedIteration:
                     [torch.linalg.vector_norm(x) for x in total]))
                 coef = torch.clamp(step.clip / (norm + 1e-6), max=1.0)
                 total = [x * coef for x in total]
-            norms = torch.stack([torch.linalg.vector_norm(x) for x in total]) \
-                if step.below else None
+            # for the divergence guard: a sum is finite exactly when its terms are (short of
+            # overflow), and fuses with the update's pass where a norm costs a pass of its own
+            sums = torch.stack([x.sum() for x in total]) if step.below else None
             new, new_states[name] = step.optimizer.update(params[name], total, states[name],
                                                           lrs[name])
             if step.callbacks:
@@ -194,7 +195,7 @@ class CapturedIteration:
                         callback(new)
             params[name] = new
             states[name] = states[f"sama:{name}"] = new_states[name]
-            outputs[name] = (loss.detach(), norms, metrics)
+            outputs[name] = (loss.detach(), sums, metrics)
         with torch.no_grad():  # write back: the live tensors now hold the new state
             for name in self.pattern:
                 for live, new in zip(live_params[name], params[name]):
