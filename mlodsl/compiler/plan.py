@@ -320,8 +320,22 @@ class ExecutionPlan:
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
             "warnings": [d.headline() for d in self.warnings],
+            "compiled_iteration": [
+                {"piece": v.piece, "compiled": v.compiled, "reason": v.reason or None,
+                 "where": v.where} for v in self.capture_verdicts()],
         }
         return out
+
+    def capture_verdicts(self) -> list:
+        """Per problem and edge: captured in the compiled iteration (``compile = True``), or
+        eager and why (:func:`mlodsl.runtime.compiled.program_reasons`). What only
+        torch.compile can find out (an untraceable loss or callback) shows at run time."""
+        from types import SimpleNamespace
+
+        from mlodsl.runtime.compiled import program_reasons
+        settings = SimpleNamespace(**{"compile": False, **self.engine_settings})
+        return program_reasons(self.problems, self.edges, settings,
+                               lambda problem, f: self.locations.get((problem, f)))
 
     def describe(self, show_graphs: bool = False) -> str:
         """A human-readable account of the plan (``mlodsl compile``)."""
@@ -356,6 +370,9 @@ class ExecutionPlan:
         lines += ["", "engine:"]
         for k, v in self.engine_settings.items():
             lines.append(f"  {k} = {v!r}")
+        if self.engine_settings.get("compile"):
+            lines += ["", "compiled iteration (compile = True):"]
+            lines += ["  " + v.line() for v in self.capture_verdicts()]
         return "\n".join(lines)
 
     # -- running ---------------------------------------------------------------------------------
