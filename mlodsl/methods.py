@@ -13,7 +13,7 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = ["Argument", "MethodSignature", "METHODS", "method_names", "BadMethodArgument"]

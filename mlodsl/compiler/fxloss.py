@@ -93,7 +93,7 @@ class _GraphBuilder:
         for name, module in modules.items():
             self.root.add_module(module_slot(name), module)
         self.inputs = {name: self.graph.placeholder(name) for name in params}
-        for name, node in self.inputs.items():
+        for node in self.inputs.values():
             node.meta["mlo_span"] = None
         self.dynamic = set(params) | set(modules)
         self._consts = 0

@@ -88,7 +88,7 @@ def _edges_from_configs(problems: Mapping[str, Problem], hierarchy: nx.DiGraph) 
     for upper, lower in hierarchy.edges:
         uc, lc = problems[upper].config, problems[lower].config
 
-        def pick(field: str):
+        def pick(field: str, uc=uc, lc=lc):  # bound now: the loop rebinds uc and lc
             if uc.explicitly_set(field):
                 return getattr(uc, field), uc
             if lc.explicitly_set(field):

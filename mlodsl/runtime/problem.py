@@ -17,7 +17,7 @@ differentiates through its unrolled steps, its "fast" weights.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
