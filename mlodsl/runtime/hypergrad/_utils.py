@@ -56,7 +56,11 @@ def lower_grad_with_graph(request) -> tuple[list[torch.Tensor], list[torch.Tenso
     The gradient keeps its graph, so it can be differentiated again with respect to ``w``
     (Hessian-vector products) and to the targets (the mixed second derivative). Evaluating at
     fresh leaves keeps the graph away from the lower's own history (its unrolled fast weights).
+    The loss is evaluated without mixed precision's autocast: every Hessian-vector product and
+    the mixed derivative are taken through this graph, and their rounding compounds over the
+    iterations of ``cg``/``neumann`` (docs/systems.md).
     """
     w = leaves(request.lower_params())
-    loss = request.lower_loss(w)
+    with request.full_precision():
+        loss = request.lower_loss(w)
     return w, request.grad_lower(loss, create_graph=True, params=w)

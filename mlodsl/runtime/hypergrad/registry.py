@@ -57,6 +57,11 @@ class HypergradRequest:
     state: dict = field(default_factory=dict)
 
     # -- what methods evaluate -----------------------------------------------------------
+    def full_precision(self):
+        """A block whose loss evaluations skip mixed precision's autocast (they run in the
+        parameters' dtype): for the evaluations a method's accuracy hinges on."""
+        return self.engine.precision.full_precision()
+
     def lower_params(self) -> list[torch.Tensor]:
         """The lower's current parameters (fast weights while unrolling)."""
         return self.lower.current_parameters()
