@@ -19,9 +19,9 @@ import re
 from lark.exceptions import UnexpectedInput
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_build import BadLiteral, IRBuilder
-from mlodsl.compiler._front_lexing import MAX_DEPTH, PARSE_LOCK, TooDeep, get_parser
-from mlodsl.compiler._front_syntax import syntax_diagnostic
+from mlodsl.compiler.front.build import BadLiteral, IRBuilder
+from mlodsl.compiler.front.lexing import MAX_DEPTH, PARSE_LOCK, TooDeep, get_parser
+from mlodsl.compiler.front.syntax import syntax_diagnostic
 from mlodsl.diagnostics import Diagnostic, MLOError, Span
 
 __all__ = ["parse", "parse_expression", "decode_source", "MAX_SOURCE_BYTES"]
