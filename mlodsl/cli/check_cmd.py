@@ -33,8 +33,7 @@ def check_file(path: str):
         text = decode_source(data, path)
         program = parse(text, path)
     except MLOError as err:
-        sources = getattr(err, "sources", {}) or {}
-        return err.diagnostics, sources.get(path, text), None
+        return err.diagnostics, err.sources.get(path, text), None
     return check(program), text, program
 
 

@@ -37,7 +37,7 @@ def main(args) -> int:
             text = decode_source(data, path)
             formatted = format_program(text, path)
         except MLOError as err:
-            sources = getattr(err, "sources", None) or ({path: text} if text else {})
+            sources = err.sources or ({path: text} if text else {})
             sys.stderr.write(render_text(err.diagnostics, sources) + "\n")
             status = 2
             continue

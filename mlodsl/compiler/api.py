@@ -60,24 +60,19 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
     try:
         ovs = from_mapping(overrides)
     except MLOError as err:
-        err.sources = {**sources.sources, **getattr(err, "sources", {})}
-        raise
+        raise err.add_sources(sources.sources)
     if ovs:
         try:
             program = apply_overrides(program, ovs, sources)
         except MLOError:
             if errors(before):  # the program's own errors first (e.g. no engine block)
-                err = MLOError(before)
-                err.sources = dict(sources.sources)
-                raise err from None
+                raise MLOError(before, sources=sources.sources) from None
             raise
         diags = relocate(check(program), before, file, ovs)
     else:
         diags = before
     if errors(diags):
-        err = MLOError(diags)
-        err.sources = dict(sources.sources)
-        raise err
+        raise MLOError(diags, sources=sources.sources)
     return program, sources, [d for d in diags if d.severity != "error"]
 
 

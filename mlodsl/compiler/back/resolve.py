@@ -136,9 +136,7 @@ def resolve_imports(program: ir.Program, sources: SourceMap,
         except MLOError as err:
             errors.extend(err.diagnostics)
     if errors:
-        err = MLOError(errors)
-        err.sources = dict(sources.sources)
-        raise err
+        raise MLOError(errors, sources=sources.sources)
     bound.update(namespace)
     return bound
 

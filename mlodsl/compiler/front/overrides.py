@@ -55,9 +55,7 @@ class Override:
 
 def _error(label: str, text: str, span: Span | None, message: str,
            hint: str | None = None) -> MLOError:
-    err = MLOError(Diagnostic(label, span, "error", message, hint))
-    err.sources = {label: text}
-    return err
+    return MLOError(Diagnostic(label, span, "error", message, hint), sources={label: text})
 
 
 def parse_override(text: str, label: str | None = None) -> Override:
@@ -76,7 +74,7 @@ def parse_override(text: str, label: str | None = None) -> Override:
     try:
         value = parse_expression(blanked, label)
     except MLOError as err:
-        err.sources = {label: text}
+        err.sources = {label: text}  # the override's whole text, not the blanked one
         raise
     return Override(target, value, label, text)
 
@@ -185,8 +183,7 @@ def _apply(program: ir.Program, o: Override, sources: SourceMap) -> ir.Program:
 
 
 def _with_sources(err: MLOError, sources: SourceMap) -> MLOError:
-    err.sources = {**sources.sources, **getattr(err, "sources", {})}
-    return err
+    return err.add_sources(sources.sources)
 
 
 def relocate(diagnostics: Iterable[Diagnostic], before: Iterable[Diagnostic], program_file: str,

@@ -46,9 +46,8 @@ class SourceMap:
         where = span if span is not None else getattr(node, "span", None)
         if where == ir.NO_SPAN:
             where = None
-        err = MLOError(Diagnostic(self.file_of(node), where, "error", message, hint), kind=kind)
-        err.sources = dict(self.sources)
-        return err
+        return MLOError(Diagnostic(self.file_of(node), where, "error", message, hint), kind=kind,
+                        sources=self.sources)
 
     def diagnostic(self, node: Any, message: str, hint: str | None = None,
                    severity: str = "warning") -> Diagnostic:
