@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlodsl.compiler.check import check
-from mlodsl.compiler.parse import parse
+from mlodsl.compiler.front.check import check
+from mlodsl.compiler.front.parse import parse
 from mlodsl.diagnostics import MLOError
 
 ROOT = Path(__file__).resolve().parents[2]
