@@ -35,7 +35,8 @@ from mlodsl.compiler import ir
 from mlodsl.compiler.back.interpret import BINARY_OPS, UNARY_OPS, Interpreter, Scope, is_dunder
 from mlodsl.diagnostics import did_you_mean
 
-__all__ = ["GraphBuilder", "build_loss_graph", "graph_reads", "locate_failure", "module_slot", "unpack_batch"]
+__all__ = ["GraphBuilder", "build_loss_graph", "graph_reads", "locate_failure", "module_slot",
+           "unpack_batch"]
 
 _LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
 
