@@ -72,13 +72,6 @@ class Call:
     kwargs: tuple[Keyword, ...] = ()
     span: Span = _span()
 
-    def keyword(self, name: str) -> Keyword | None:
-        """The keyword argument called ``name``, or None."""
-        for kw in self.kwargs:
-            if kw.name == name:
-                return kw
-        return None
-
 
 @dataclass(frozen=True)
 class Index:

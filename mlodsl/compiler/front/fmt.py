@@ -163,7 +163,7 @@ class _Printer:
     def _pending(self) -> ir.Comment | None:
         return self.comments[self.next] if self.next < len(self.comments) else None
 
-    def leading(self, line: int, indent: str, next_line: int | None = None) -> None:
+    def leading(self, line: int, indent: str) -> None:
         """Emit the comments on lines before ``line``, each on its own line."""
         while (c := self._pending()) is not None and c.span.line < line:
             self.lines.append(indent + c.text)
