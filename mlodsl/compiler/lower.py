@@ -20,7 +20,6 @@ programs run"):
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Callable
 
 import torch
@@ -38,22 +37,12 @@ from mlodsl.compiler.resolve import (MethodChoice, builtin_names, on_path, resol
 from mlodsl.diagnostics import MLOError
 from mlodsl.methods import METHODS
 from mlodsl.runtime.config import Config
+from mlodsl.runtime.seeding import seed_everything
 
-__all__ = ["lower", "seed_everything"]
+__all__ = ["lower"]
 
 _SCHEDULER_BASES = (torch.optim.lr_scheduler.LRScheduler,
                     torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global generator and torch's."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None

@@ -25,7 +25,6 @@ the run folder (:class:`~mlodsl.runtime.logging.RunWriter`).
 """
 from __future__ import annotations
 
-import random
 import signal
 import threading
 import warnings
@@ -39,6 +38,7 @@ from mlodsl.methods import METHODS
 from mlodsl.runtime import checkpoint as ckpt
 from mlodsl.runtime import distributed as dist
 from mlodsl.runtime.config import EngineConfig
+from mlodsl.runtime.data import to_device
 from mlodsl.runtime.device import resolve_device
 from mlodsl.runtime.functional import (ModuleView, gradient_fingerprint, same_fingerprint,
                                        substitute)
@@ -46,8 +46,13 @@ from mlodsl.runtime.logging import MetricsLog, make_sinks
 from mlodsl.runtime.precision import Precision
 from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
+from mlodsl.runtime.rollback import RollBack
 from mlodsl.runtime.schedule import Schedule, ScheduleEdge
+from mlodsl.runtime.seeding import rng_state, seed_everything, set_rng_state
+from mlodsl.runtime.state import TrainingState
 from mlodsl.runtime.stepping import end_unroll_window, take_step
+from mlodsl.runtime.validation import (EarlyStopping, set_train_mode, step_plateau_schedulers,
+                                       validate)
 
 __all__ = ["Engine", "EdgeSpec"]
 
@@ -160,9 +165,8 @@ class Engine:
         self.history = MetricsLog()
         self._pending_checks: list[tuple[str, str, torch.Tensor]] = []
         self._stop = False
-        self._roll_back_cache: dict[str, dict] = {}
-        self._es_best: float | None = None
-        self._es_bad = 0
+        self.roll_back = RollBack(self.schedule)
+        self.early_stopping = EarlyStopping(self.config)
         self._resumed = False
         self._interrupt: int | None = None
         self._checkpoint_due = False
@@ -176,7 +180,7 @@ class Engine:
             self.history.console = dist.is_main()  # only rank 0 logs
         self._device = resolve_device(requested)
         for p in self.problems.values():
-            p._initialize(self, self._device)
+            p.attach_engine(self, self._device)
         self.precision = Precision(self)
         if self.distributed:
             dist.broadcast_parameters([p.module for p in self.problems.values()])
@@ -304,10 +308,10 @@ class Engine:
         for other in self.problems.values():
             mapping = None
             if other is problem and params is not None:
-                mapping = dict(zip(other._trainable_names(), params))
-            elif other._fast is not None:
-                mapping = dict(zip(other._trainable_names(), other._fast))
-            protect = not (own_step and other is problem) and other._has_buffers()
+                mapping = dict(zip(other.trainable_names(), params))
+            elif other.unrolled_window.is_open:
+                mapping = dict(zip(other.trainable_names(), other.unrolled_window.fast))
+            protect = not (own_step and other is problem) and other.has_buffers()
             if mapping or protect:  # nothing to substitute: no view, no overhead
                 views.append((other.module, ModuleView(mapping, protect_buffers=protect)))
         if not views:
@@ -352,7 +356,8 @@ class Engine:
             problem.invalidate_parameter_cache()
         for name in self.schedule.iteration():
             problem = self.problems[name]
-            self._maybe_cache_for_roll_back(problem)
+            if self.config.roll_back:
+                self.roll_back.before_step(problem)
             take_step(self, problem)
             self._log_problem(problem)
             lowers = self.schedule.lowers(name)
@@ -360,7 +365,8 @@ class Engine:
                 if self.edges[(name, lower)].method == "unroll" or self.problems[lower].iterative:
                     end_unroll_window(self.problems[lower])
             if self.config.roll_back:
-                self._roll_back_lowers(name)
+                self.roll_back.after_upper(name, self.problems,
+                                           lambda p: take_step(self, p, batch=p.cur_batch))
         self._check_finite()
 
     def validation(self) -> dict | None:
@@ -500,75 +506,25 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------------
     def _seed(self) -> None:
-        seed = self.config.seed
-        if seed is None or self.global_step > 0:
-            return
-        random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            import numpy as np
-            np.random.seed(seed % 2**32)
-        except ImportError:  # pragma: no cover
-            pass
+        """Seed every generator before a fresh run (``EngineConfig.seed``)."""
+        if self.config.seed is not None and self.global_step == 0:
+            seed_everything(self.config.seed)
 
     def _set_train(self, mode: bool) -> None:
-        for p in self.problems.values():
-            p.module.train(mode)
+        set_train_mode(self.problems, mode)
 
     def _run_validation(self) -> None:
-        stats = None
-        if dist.is_main():  # only rank 0 validates; the others follow its numbers
-            self._set_train(False)
-            try:
-                with torch.no_grad():
-                    stats = self.validation()
-            finally:
-                self._set_train(True)
-            if stats:
-                if not isinstance(stats, Mapping):
-                    stats = {"metric": stats}
-                stats = {k: (v.item() if isinstance(v, torch.Tensor) else v)
-                         for k, v in stats.items()}
-        if self.distributed:
-            stats = dist.broadcast_object(stats)
+        stats = validate(self)
         if not stats:
             return
         self.history.log_validation(self.global_step, stats)
         self.last_validation = stats
-        self._plateau_schedulers(stats)
-        if self.config.early_stopping:
-            self._early_stopping(stats)
-
-    def _plateau_schedulers(self, stats: dict) -> None:
-        """Step every ``ReduceLROnPlateau`` on its metric (``problem.scheduler_metric``)."""
-        for p in self.problems.values():
-            sched = p.scheduler
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                metric = p.scheduler_metric or self.config.early_stopping_metric
-                if metric not in stats:
-                    raise MLOError(
-                        f"problem '{p.name}': ReduceLROnPlateau watches '{metric}', but "
-                        f"validation() returned only {sorted(stats)}", kind="run",
-                        hint=f"set {p.name}.scheduler_metric to one of {sorted(stats)}")
-                sched.step(float(stats[metric]))
-
-    def _early_stopping(self, stats: dict) -> None:
-        metric = self.config.early_stopping_metric
-        if metric not in stats:
-            raise MLOError(f"early stopping watches '{metric}', but validation() returned "
-                           f"only {sorted(stats)}", kind="run")
-        value = float(stats[metric])
-        best = self._es_best
-        better = best is None or (value < best if self.config.early_stopping_mode == "min"
-                                  else value > best)
-        if better:
-            self._es_best, self._es_bad = value, 0
-        else:
-            self._es_bad += 1
-            if self._es_bad >= self.config.early_stopping_tolerance:
-                self.history.info(f"early stopping at iteration {self.global_step}: "
-                                  f"'{metric}' has not improved for {self._es_bad} validations")
-                self._stop = True
+        step_plateau_schedulers(self.problems, stats, self.config.early_stopping_metric)
+        if self.config.early_stopping and self.early_stopping.update(stats):
+            self.history.info(f"early stopping at iteration {self.global_step}: "
+                              f"'{self.early_stopping.metric}' has not improved for "
+                              f"{self.early_stopping.bad} validations")
+            self._stop = True
 
     def _log_problem(self, problem: Problem) -> None:
         every = problem.config.log_step
@@ -667,29 +623,45 @@ class Engine:
         return dist.average_differentiable(grads)
 
     # -- Betty's roll_back -------------------------------------------------------------------
-    def _maybe_cache_for_roll_back(self, problem: Problem) -> None:
-        if not self.config.roll_back or not self.schedule.uppers(problem.name):
-            return
-        fresh = all(self.schedule.pending(u)[problem.name] == 0
-                    for u in self.schedule.uppers(problem.name))
-        if fresh:
-            import copy
-            self._roll_back_cache[problem.name] = {
-                "module": copy.deepcopy(problem.module.state_dict()),
-                "optimizer": copy.deepcopy(problem.optimizer.state_dict())}
+    # -- the training state --------------------------------------------------------------------
+    def training_state(self) -> TrainingState:
+        """The whole training state, gathered from its owners (live references, no copies).
 
-    def _roll_back_lowers(self, upper: str) -> None:
-        """After ``upper`` stepped: each lower returns to where its window started and takes one
-        step against the updated upper (Betty's ``roll_back`` warm start)."""
-        for lower in self.schedule.lowers(upper):
-            cache = self._roll_back_cache.pop(lower, None)
-            if cache is None:
-                continue
-            problem = self.problems[lower]
-            problem.module.load_state_dict(cache["module"])
-            problem.optimizer.load_state_dict(cache["optimizer"])
-            take_step(self, problem, batch=problem.cur_batch)
-            problem._count -= 1  # the redo replaces a step, it does not add one
+        See :mod:`mlodsl.runtime.state` for its parts and their owners.
+        """
+        return TrainingState(
+            global_step=self.global_step,
+            problems={n: p.training_state() for n, p in self.problems.items()},
+            schedule=self.schedule.state_dict(), precision=self.precision.state_dict(),
+            early_stopping=self.early_stopping.state_dict(),
+            method_states=dict(self._method_states), roll_back=self.roll_back.state_dict(),
+            history=self.history.records, rng=rng_state())
+
+    def load_training_state(self, state: TrainingState) -> None:
+        """Give every part of ``state`` back to its owner (values copied into live tensors).
+
+        Data positions are restored before the random state: replaying an epoch's shuffle
+        moves torch's generator. Per-edge method tensors go to their lower's device.
+        """
+        missing = set(self.problems) - set(state.problems)
+        if missing:
+            raise MLOError("the checkpoint does not match this program: it has no state for "
+                           f"problem(s) {', '.join(sorted(missing))}", kind="run")
+        for name, p in self.problems.items():
+            p.load_training_state(state.problems[name], data=False)
+        self.global_step = int(state.global_step)
+        self.schedule.load_state_dict(state.schedule)
+        self.precision.load_state_dict(state.precision)
+        self.early_stopping.load_state_dict(state.early_stopping)
+        self._method_states = {(u, l): to_device(s, self.problems[l].device)
+                               if l in self.problems else s
+                               for (u, l), s in state.method_states.items()}
+        self.roll_back.load_state_dict(state.roll_back)
+        if state.history is not self.history.records:
+            self.history.records[:] = list(state.history)
+        for name, p in self.problems.items():
+            p.load_data_state(state.problems[name].data)
+        set_rng_state(state.rng)
 
 
 class _NoProgress:

@@ -29,7 +29,7 @@ __all__ = ["take_step", "end_unroll_window"]
 
 def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     """Take one optimization step of ``problem``; return its (last) loss, not detached."""
-    accum = max(int(getattr(problem, "grad_accum", None) or problem.config.gradient_accumulation), 1)
+    accum = problem.accumulation_steps()
     differentiable = engine.is_unrolled(problem.name)
     first_order = False
     if differentiable:  # unroll's options: first-order steps, activation checkpointing
@@ -51,9 +51,7 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
         if accum > 1:
             grads = [g / accum for g in grads]
         total = grads if total is None else [a + b for a, b in zip(total, grads)]
-    problem.last_loss = loss.detach()  # for logging: holding the graph would keep its tape
-    problem.last_metrics = metrics
-    problem._count += 1
+    problem.record_step(loss, metrics)
 
     if differentiable:
         _differentiable_update(engine, problem, total, loss)
@@ -68,7 +66,7 @@ def _optimizer_update(engine, problem, grads: list[torch.Tensor], loss: torch.Te
         p.grad = g.detach() if g.requires_grad else g
     # Average across ranks and unscale first: clipping and the guard see the true gradient.
     engine.before_optimizer_step(problem)
-    clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
+    clip = problem.clip_norm()
     if clip and clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
     if not engine.allow_step(problem, loss, [p.grad for p in params]):
@@ -104,35 +102,22 @@ def _scheduler_step(engine, problem) -> None:
 
 
 def _differentiable_update(engine, problem, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
-    try:
-        from mlodsl.runtime.optim import make_differentiable
-    except ModuleNotFoundError as err:  # pragma: no cover - the optim module ships with unroll
-        raise MLOError("unrolled (differentiable) steps need mlodsl.runtime.optim") from err
-    if problem._fast is None:
-        problem._fast = problem.trainable_parameters()
-        problem._diffopt = make_differentiable(problem.optimizer, problem.trainable_parameters())
+    window = problem.unrolled_window
+    window.open()
     grads = engine.average_across_ranks(grads)
-    clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
+    clip = problem.clip_norm()
     if clip and clip > 0:
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
         grads = [g * scale for g in grads]
     if not engine.allow_step(problem, loss, grads):
         return
-    problem._fast = problem._diffopt.step(problem._fast, grads)
+    window.step(grads)
     _scheduler_step(engine, problem)
 
 
 def end_unroll_window(problem) -> None:
     """Write a problem's fast weights back to its live parameters and drop their graph."""
-    if problem._fast is None:
-        return
-    params = problem.trainable_parameters()
-    with torch.no_grad():
-        for p, f in zip(params, problem._fast):
-            if f is not p:
-                p.copy_(f)
-    problem._diffopt.write_back()
-    problem._fast = None
-    problem._diffopt = None
-    _after_update(problem, params)
+    params = problem.unrolled_window.close()
+    if params is not None:
+        _after_update(problem, params)

@@ -103,15 +103,12 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     ``autograd.grad``.)
     """
     from mlodsl.runtime.hypergrad.chain import total_gradient
-    from mlodsl.runtime.optim import make_differentiable
 
-    accum = max(int(getattr(problem, "grad_accum", None) or
-                    problem.config.gradient_accumulation), 1)
+    accum = problem.accumulation_steps()
     batches = [problem.next_batch() if batch is None else batch for _ in range(accum)]
-    if problem._fast is None:
-        problem._fast = problem.trainable_parameters()
-        problem._diffopt = make_differentiable(problem.optimizer, problem.trainable_parameters())
-    diffopt = problem._diffopt
+    window = problem.unrolled_window
+    window.open()
+    diffopt = window.optimizer
     states, groups = diffopt.state, diffopt.snapshot_groups()
     # What the recomputation closure may hold: nothing that leads to this step's outputs (the
     # optimizer's newest state, the problem's fast weights), or the closure, kept alive by the
@@ -120,11 +117,11 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     rule = diffopt.rule()
     layout = [{k: (_TENSOR if isinstance(v, torch.Tensor) else v) for k, v in sorted(st.items())}
               for st in states]
-    clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
+    clip = problem.clip_norm()
     others = [o for o in engine.problems.values() if o is not problem]
     context = [list(o.current_parameters()) for o in others]
     state_flat = [t for st in states for t in _state_tensors(st)]
-    sizes = (len(problem._fast), len(state_flat), [len(c) for c in context])
+    sizes = (len(window.fast), len(state_flat), [len(c) for c in context])
     calls = {"n": 0}
     record: dict[str, Any] = {}
 
@@ -140,11 +137,11 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
         it = iter(flat_state)
         in_states = [{k: (next(it) if v is _TENSOR else v) for k, v in st.items()}
                      for st in layout]
-        saved = [(o, o._fast) for o in others] + [(problem, problem._fast)]
-        try:
+        with contextlib.ExitStack() as shown:
             for o, n in zip(others, n_ctx):
-                o._fast, rest = list(rest[:n]), rest[n:]
-            problem._fast = fast
+                shown.enter_context(o.unrolled_window.presenting(rest[:n]))
+                rest = rest[n:]
+            shown.enter_context(window.presenting(fast))
             with torch.enable_grad():
                 total = None
                 for current in batches:
@@ -165,19 +162,14 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
                     total = [g * torch.clamp(clip / (norm + 1e-6), max=1.0) for g in total]
                 with torch.no_grad() if replay else contextlib.nullcontext():
                     new, new_states = rule.apply(fast, total, in_states, groups)
-        finally:
-            for o, f in saved:
-                o._fast = f
         if first:  # the layout only: holding the tensors would keep this step's graph alive
             record["states"] = [{k: (None if isinstance(v, torch.Tensor) else v)
                                  for k, v in st.items()} for st in new_states]
             record["keys"] = [_state_keys(st) for st in new_states]
         return (*new, *[t for st in new_states for t in _state_tensors(st)])
 
-    tape = getattr(diffopt, "_checkpoint_tape", None)
-    if tape is None:
-        tape = diffopt._checkpoint_tape = _Tape(_window_length(engine, problem.name))
-    own = [*problem._fast, *state_flat]
+    tape = window.tape(lambda: _Tape(_window_length(engine, problem.name)))
+    own = [*window.fast, *state_flat]
     inputs = [*own, *(t for c in context for t in c)]
     out = _Recompute.apply(tape, tape.add(body, len(own), inputs), *inputs)
     n_params = sizes[0]
@@ -192,10 +184,8 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
         new_states.append(st)
     loss = record["loss"]
     engine.watch_finite(problem, loss)
-    problem.last_loss, problem.last_metrics = loss, record["metrics"]
-    problem._count += 1
-    problem._fast = new_params
-    diffopt.state = new_states
+    problem.record_step(loss, record["metrics"])
+    window.advance(new_params, new_states)
     from mlodsl.runtime.stepping import _scheduler_step
     _scheduler_step(engine, problem)
     return loss
