@@ -18,7 +18,7 @@ differentiates through). :meth:`Problem.training_state` gathers it all.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
