@@ -198,3 +198,7 @@ class EngineConfig:
                 raise MLOError(f"EngineConfig({name}={value!r}) must be an integer >= 0")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise MLOError("EngineConfig(checkpoint_every=...) needs checkpoint_dir=...")
+
+    def explicitly_set(self, name: str) -> bool:
+        """Whether ``name`` was passed to the constructor (rather than left at its default)."""
+        return name in self._explicit
