@@ -94,11 +94,6 @@ class HypergradRequest:
         loss = self.lower_loss(w)
         return w, self.grad_lower(loss, create_graph=True, params=w)
 
-    def lower_loss_and_metrics(self, params=None):
-        """Like :meth:`lower_loss` but also returns the training step's other outputs."""
-        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
-                                         with_metrics=True)
-
     def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,
                    params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """``d loss / d w`` (zeros for parameters the loss does not reach)."""
