@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from mlodsl.compiler import ir
 from mlodsl.compiler.back.instantiate import Instantiator
 from mlodsl.compiler.back.plan import ExecutionPlan, PlannedEdge
