@@ -40,11 +40,6 @@ class Span:
     end_line: int = 1
     end_column: int = 2
 
-    @staticmethod
-    def point(line: int, column: int) -> "Span":
-        """A one-character span at ``line:column``."""
-        return Span(line, column, line, column + 1)
-
 
 @dataclass(frozen=True)
 class Diagnostic:

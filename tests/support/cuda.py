@@ -93,8 +93,8 @@ def placement_errors(engine, device: torch.device = DEVICE) -> list[str]:
                 check(f"{name}.optimizer.state[{i}][{k!r}]", t)
         walk(f"{name}.cur_batch", p.cur_batch)
         check(f"{name}.last_loss", getattr(p, "last_loss", None))
-        if p._fast is not None:
-            walk(f"{name}._fast", p._fast)
+        if p.unrolled_window.is_open:
+            walk(f"{name}.unrolled_window.fast", p.unrolled_window.fast)
     for name, scaler in getattr(engine.precision, "scalers", {}).items():
         check(f"scaler {name}", getattr(scaler, "_scale", None))
     return bad

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from mlodsl.runtime.hypergrad._utils import norm
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+from mlodsl.runtime.vectors import norm
 
 
 @register("darts")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from mlodsl.compiler.front import graph as g
 from mlodsl.compiler.front.check import check, dependency_graph, errors, levels, loss_reads
-from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS, required_fields
+from mlodsl.settings import ENGINE_FIELDS, PROBLEM_FIELDS, required_fields
 from mlodsl.compiler.front.parse import parse
 
 from tests.support.corpus import ROOT

@@ -1,4 +1,4 @@
-"""Small helpers shared by the hypergradient methods: lists of tensors as one vector.
+"""Lists of tensors as one vector: the arithmetic the hypergradient methods and clipping share.
 
 A "vector" here is a list of tensors shaped like a problem's parameters. Reductions (dot
 products, norms) are accumulated in float32 at least, so that bf16/fp16 parameters do not
@@ -12,7 +12,7 @@ import torch
 
 Vector = Sequence[torch.Tensor]
 
-__all__ = ["dot", "norm", "axpy", "scale", "detached", "leaves", "lower_grad_with_graph"]
+__all__ = ["dot", "norm", "axpy", "scale", "detached", "leaves"]
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -48,19 +48,3 @@ def detached(xs: Vector) -> list[torch.Tensor]:
 def leaves(xs: Vector) -> list[torch.Tensor]:
     """Fresh autograd leaves with the values of ``xs`` (the originals are left untouched)."""
     return [x.detach().requires_grad_(True) for x in xs]
-
-
-def lower_grad_with_graph(request) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``(w, grad_w g(w, targets))`` at fresh leaves ``w`` equal to the lower's parameters.
-
-    The gradient keeps its graph, so it can be differentiated again with respect to ``w``
-    (Hessian-vector products) and to the targets (the mixed second derivative). Evaluating at
-    fresh leaves keeps the graph away from the lower's own history (its unrolled fast weights).
-    The loss is evaluated without mixed precision's autocast: every Hessian-vector product and
-    the mixed derivative are taken through this graph, and their rounding compounds over the
-    iterations of ``cg``/``neumann`` (docs/systems.md).
-    """
-    w = leaves(request.lower_params())
-    with request.full_precision():
-        loss = request.lower_loss(w)
-    return w, request.grad_lower(loss, create_graph=True, params=w)
