@@ -74,7 +74,7 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
     iterative = {n for n, p in problems.items() if getattr(p, "iterative", False)}
     # a lower an upper unrolls through takes differentiable steps on fast weights that live
     # across iterations: none of its steps can be captured on its own
-    unrolled = {e.lower for e in edges if e.method == "unroll"}
+    unrolled = {e.lower: e for e in edges if e.method == "unroll"}
     for name, problem in problems.items():
         reason, field = engine_wide, None
         if reason is None and any(b is not None for _, b in problem.module.named_buffers()):
@@ -86,10 +86,12 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
                 reason, field = str(why), "optimizer"
         if reason is None and name in iterative:
             reason = "an IterativeProblem's steps are unrolled across iterations"
+        where = locate(name, field) if field else None
         if reason is None and name in unrolled:
-            reason, field = "an upper unrolls through its steps (unroll)", None
-        out.append(Verdict(f"problem {name}", reason is None, reason or "",
-                           locate(name, field) if field else None))
+            e = unrolled[name]
+            reason = f"edge {e.upper} -> {e.lower} unrolls through its steps (unroll)"
+            where = locate(e.upper, f"edge:{e.lower}")
+        out.append(Verdict(f"problem {name}", reason is None, reason or "", where))
     for e in edges:
         reason = engine_wide
         if reason is None and e.method not in CAPTURED_METHODS:

@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp
 
 from mlodsl.runtime.compiled.optimizers import FunctionalOptimizer, NotCapturable
-from mlodsl.runtime.hypergrad._utils import norm as _vector_norm
+from mlodsl.runtime.vectors import norm as _vector_norm
 from mlodsl.runtime.hypergrad.cg import conjugate_gradient
 from mlodsl.runtime.hypergrad.neumann import neumann_inverse_hvp
 from mlodsl.runtime.problem import Problem
@@ -78,10 +78,8 @@ class _Step:
     def __init__(self, engine, name: str):
         problem = engine.problems[name]
         self.name = name
-        self.accum = max(int(getattr(problem, "grad_accum", None)
-                             or problem.config.gradient_accumulation), 1)
-        clip = problem.grad_clip if problem.grad_clip is not None \
-            else problem.config.gradient_clipping
+        self.accum = problem.accumulation_steps()
+        clip = problem.clip_norm()
         self.clip = float(clip) if clip and clip > 0 else None
         self.optimizer = FunctionalOptimizer(problem.optimizer, problem.trainable_parameters())
         self.callbacks: list[Callable] = []
