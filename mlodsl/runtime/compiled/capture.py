@@ -50,6 +50,9 @@ class Verdict:
     compiled: bool
     reason: str = ""
     where: str | None = None  # FILE:LINE:COL of the field responsible, when known
+    #: the piece keeps every pattern eager, not only those that step it (a module's buffers:
+    #: any problem's loss may run that module, and the eager engine protects its buffers)
+    everywhere: bool = False
 
     def line(self) -> str:
         """``problem hpo: compiled`` or ``edge ...: eager (reason) at FILE:LINE:COL``."""
@@ -76,9 +79,10 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
     # across iterations: none of its steps can be captured on its own
     unrolled = {e.lower: e for e in edges if e.method == "unroll"}
     for name, problem in problems.items():
-        reason, field = engine_wide, None
+        reason, field, everywhere = engine_wide, None, False
         if reason is None and any(b is not None for _, b in problem.module.named_buffers()):
             reason, field = "its module has buffers (e.g. BatchNorm statistics)", "module"
+            everywhere = True
         if reason is None:
             try:
                 functional_optimizer(problem.optimizer, problem.trainable_parameters())
@@ -91,7 +95,7 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
             e = unrolled[name]
             reason = f"edge {e.upper} -> {e.lower} unrolls through its steps (unroll)"
             where = locate(e.upper, f"edge:{e.lower}")
-        out.append(Verdict(f"problem {name}", reason is None, reason or "", where))
+        out.append(Verdict(f"problem {name}", reason is None, reason or "", where, everywhere))
     for e in edges:
         reason = engine_wide
         if reason is None and e.method not in CAPTURED_METHODS:
@@ -213,7 +217,7 @@ class WholeIteration:
         for v in self.verdicts:
             if v.compiled:
                 continue
-            if v.piece.startswith("problem ") and v.piece[8:] in key:
+            if v.piece.startswith("problem ") and (v.everywhere or v.piece[8:] in key):
                 return self._eager_entry(key, v)
             if v.piece.startswith("edge "):
                 upper = v.piece[5:].split(" -> ")[0]

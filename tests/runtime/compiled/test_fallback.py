@@ -54,3 +54,20 @@ def test_a_patterns_first_iteration_is_eager_until_the_optimizer_has_state():
     assert _run_warned(engine) == []
     assert engine.whole_iteration.captured_iterations == 5
     assert engine.whole_iteration.patterns() == {("classifier", "hpo"): "captured"}
+
+
+def test_a_module_with_buffers_keeps_every_pattern_eager():
+    """BatchNorm statistics advance only in their problem's own step (the eager engine gives
+    every other evaluation cloned buffers): no pattern is captured, nothing changes."""
+    import torch
+
+    def with_bn(compile):
+        engine = api_engine("darts", compile=compile, iterations=6, darts_alpha=0.01)
+        net = engine.problems["classifier"].module
+        net.register_buffer("seen", torch.zeros(()))  # a buffer is enough to decide
+        return engine
+
+    engine = with_bn(True)
+    messages = _run_warned(engine)
+    assert len(messages) == 1 and "buffers" in messages[0]
+    assert engine.whole_iteration.captured_iterations == 0
