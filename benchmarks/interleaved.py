@@ -183,6 +183,8 @@ def measure(args: argparse.Namespace) -> dict:
             "ms_per_iter_min": 1e3 * min(times),
             "ratio_to_baseline_median": statistics.median(ratios),
             "first_turn_s": first_turn[side],
+            "ratio_to_floor_median": statistics.median(
+                [t / f for t, f in zip(times, per_round["floor"])]) if "floor" in sides else None,
             "ratio_to_baseline_quartiles": statistics.quantiles(ratios, n=4)
             if len(ratios) > 1 else None,
         }
@@ -218,7 +220,9 @@ def main(argv=None) -> int:
         rows, [("side", "side"), ("ms_per_iter_median", "median ms/it (cpu)"),
                ("ms_per_iter_min", "min ms/it"),
                ("ratio_to_baseline_median", f"ratio to {result['baseline']} (median)"),
-               ("first_turn_s", "first turn s (wall)")],
+               ("first_turn_s", "first turn s (wall)")] +
+        ([("ratio_to_floor_median", "ratio to floor (median)")] if "floor" in result["sides"]
+         else []),
         floatfmt=".3g"))
     print(f"\n{args.program} {args.method} unroll {args.unroll}: {args.rounds} rounds of "
           f"{args.chunk} MLO iterations per side, in turns, in one process; ratio = the "
