@@ -159,7 +159,8 @@ class CapturedIteration:
 
         Returns ``{name: (loss, gradient_sums or None, metrics)}`` for each stepping problem:
         its last loss (detached), per parameter the sum of its hypergradient-carrying total
-        gradient (finite exactly when the gradient is: for the divergence guard) and the other entries of its ``training_step`` dict.
+        gradient (finite exactly when the gradient is: for the divergence guard) and the other
+        entries of its ``training_step`` dict.
         """
         live_params, live_states = params, states
         params = {n: list(v) for n, v in params.items()}
@@ -270,24 +271,22 @@ def _sama(it: CapturedIteration, lower, targets, params, v, batch, states, lrs, 
 
 def _adam_diagonal(fo: FunctionalOptimizer, params, grads, states, lrs) -> list[torch.Tensor]:
     """``du/dg`` of the next Adam step, elementwise (as ``hypergrad.sama.adam_preconditioner``)."""
-    out = []
-    for p, g, s, gi in zip(params, grads, states, fo.group_index):
-        h, lr = fo.hyper[gi], lrs[gi]
-        beta1, beta2 = h["betas"]
-        t = s["step"] + 1
+    return [grad(_adam_update_sum)(g, p, s, lrs[gi], fo.hyper[gi])
+            for p, g, s, gi in zip(params, grads, states, fo.group_index)]
 
-        def u(gl):
-            ge = gl + h["weight_decay"] * p if (h["weight_decay"] != 0 and not h["decoupled"]) \
-                else gl
-            m2 = beta1 * s["exp_avg"] + (1 - beta1) * ge
-            v2 = beta2 * s["exp_avg_sq"] + (1 - beta2) * ge * ge
-            if h["amsgrad"]:
-                v2 = torch.maximum(s["max_exp_avg_sq"], v2)
-            root = torch.where(v2 > 0, v2, torch.ones_like(v2)).sqrt() * (v2 > 0)
-            return (lr / (1 - beta1 ** t) * m2 / (root / (1 - beta2 ** t).sqrt() + h["eps"])).sum()
 
-        out.append(grad(u)(g))
-    return out
+def _adam_update_sum(g, p, s, lr, h) -> torch.Tensor:
+    """``sum(u(g))`` for Adam's next update ``u``: elementwise in ``g``, so its gradient is the
+    Jacobian's diagonal (a zero second moment gets a zero derivative, as in the eager method)."""
+    beta1, beta2 = h["betas"]
+    t = s["step"] + 1
+    ge = g + h["weight_decay"] * p if (h["weight_decay"] != 0 and not h["decoupled"]) else g
+    m2 = beta1 * s["exp_avg"] + (1 - beta1) * ge
+    v2 = beta2 * s["exp_avg_sq"] + (1 - beta2) * ge * ge
+    if h["amsgrad"]:
+        v2 = torch.maximum(s["max_exp_avg_sq"], v2)
+    root = torch.where(v2 > 0, v2, torch.ones_like(v2)).sqrt() * (v2 > 0)
+    return (lr / (1 - beta1 ** t) * m2 / (root / (1 - beta2 ** t).sqrt() + h["eps"])).sum()
 
 
 def _implicit(it: CapturedIteration, lower, targets, params, v, batch, solve):

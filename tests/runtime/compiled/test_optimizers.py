@@ -37,7 +37,7 @@ def test_functional_update_matches_torch_optim(cls, kwargs):
     g = torch.Generator().manual_seed(1)
     for step in range(10):
         grads = [torch.randn(p.shape, generator=g) for p in live]
-        for p, q, gr in zip(live, ref, grads):
+        for q, gr in zip(ref, grads):
             q.grad = gr.clone()
         ref_opt.step()
         fo = FunctionalOptimizer(opt, live)
