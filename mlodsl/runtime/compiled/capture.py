@@ -11,9 +11,9 @@ divergence guard's single check per iteration stay in the engine, unchanged.
 
 What a graph cannot hold runs on the eager path (where ``compile = True`` still runs the loss
 graphs' first-order evaluations through torch.compile), with ONE warning naming the reason
-(and, for a ``.mlo`` program, the field's ``FILE:LINE:COL``): a method other than ``darts``,
-``sama``, ``neumann``, ``cg`` and ``first_order`` (``unroll`` and ``reinforce`` windows span
-iterations or sample on the host), ``cg(tol > 0)``, an optimizer without a functional rule,
+(and, for a ``.mlo`` program, the field's ``FILE:LINE:COL``): ``reinforce`` (it samples and
+keeps a baseline on the host), ``unroll`` windows longer than one step (they span
+iterations), ``cg(tol > 0)``, an optimizer without a functional rule,
 modules with buffers (BatchNorm statistics), ``on_nan = "skip"``, mixed precision,
 data parallelism, ``roll_back``, or a loss or callback that torch.compile cannot trace as one
 graph (``.item()``, data-dependent Python): the last kind is found when the pattern is first
@@ -77,7 +77,16 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
     iterative = {n for n, p in problems.items() if getattr(p, "iterative", False)}
     # a lower an upper unrolls through takes differentiable steps on fast weights that live
     # across iterations: none of its steps can be captured on its own
-    unrolled = {e.lower: e for e in edges if e.method == "unroll"}
+    uppers_of = {}
+    for e in edges:
+        uppers_of.setdefault(e.lower, []).append(e)
+
+    def one_step_window(e) -> bool:  # see iteration.unroll_obstacle
+        return (e.every == 1 and not getattr(e, "warmup", 0) and len(uppers_of[e.lower]) == 1
+                and not any(o.upper == e.lower for o in edges)
+                and problems[e.lower].accumulation_steps() == 1)
+
+    unrolled = {e.lower: e for e in edges if e.method == "unroll" and not one_step_window(e)}
     for name, problem in problems.items():
         reason, field, everywhere = engine_wide, None, False
         if reason is None and any(b is not None for _, b in problem.module.named_buffers()):
@@ -98,8 +107,10 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
         out.append(Verdict(f"problem {name}", reason is None, reason or "", where, everywhere))
     for e in edges:
         reason = engine_wide
-        if reason is None and e.method not in CAPTURED_METHODS:
-            reason = {"unroll": "unroll's window spans iterations",
+        if reason is None and e.method not in CAPTURED_METHODS and not (
+                e.method == "unroll" and one_step_window(e)):
+            reason = {"unroll": "an unroll window longer than one step (or through a lower "
+                                "with lowers, or grad_accum) spans iterations",
                       "reinforce": "reinforce samples and keeps a baseline on the host"}.get(
                 e.method, f"method '{e.method}' has no functional form")
         if reason is None and e.method == "cg" and (e.args or {}).get("tol", 0) > 0:

@@ -22,7 +22,9 @@ torch.compile traces into one graph (``torch.autograd.grad`` would break it):
    holding every problem's module, with every problem's parameters taken from the state;
 2. its total gradient: ``grad`` of the loss in its own and every lower's parameters, then the
    cotangents pushed bottom-up through each lower by the edge's method (``darts``, ``sama``,
-   ``neumann``, ``cg``, ``first_order``), summing over all paths of the DAG;
+   ``neumann``, ``cg``, ``first_order``), summing over all paths of the DAG; a lower unrolled
+   over a one-step window (``unroll``, ``every 1``) is stepped again inside the differentiated
+   function instead, so the derivative through its update is part of the gradient;
 3. ``grad_accum`` averages, ``grad_clip`` clips by the total norm, the functional optimizer
    (:mod:`mlodsl.runtime.compiled.optimizers`) updates, ``param_callback``/``after_step`` run
    on the new tensors.
@@ -72,6 +74,19 @@ class _Holder(nn.Module):
         return self._problems[name].compute_loss(batch)
 
 
+def unroll_obstacle(engine, lower: str) -> str | None:
+    """Why the ``unroll`` window of ``lower`` cannot be differentiated inside one captured
+    iteration, or None: it must be one step long (``every 1``, no warm-up), of a lower with
+    no lowers of its own, one batch per step, and its only edge in."""
+    edges = [e for e in engine.edges.values() if e.lower == lower]
+    if len(edges) != 1 or edges[0].every != 1 or edges[0].warmup:
+        return "an unroll window longer than one step spans iterations"
+    problem = engine.problems[lower]
+    if engine.descendants_bottom_up(lower) or problem.accumulation_steps() != 1:
+        return "unroll through a lower with lowers or grad_accum runs eagerly"
+    return None
+
+
 class _Step:
     """What one problem's step needs, read from the engine when the pattern is captured."""
 
@@ -93,7 +108,11 @@ class _Step:
         self.pushes = []
         for lower in self.below:
             method, args = engine.method_for(name, lower)
-            if method not in CAPTURED_METHODS:
+            if method == "unroll":
+                why = unroll_obstacle(engine, lower)
+                if why:
+                    raise NotCapturable(why)
+            elif method not in CAPTURED_METHODS:
                 raise NotCapturable(f"method '{method}' (edge into '{lower}') runs eagerly")
             if method == "cg" and args.get("tol", 0) > 0:
                 raise NotCapturable("cg(tol > 0) decides on the host when to stop")
@@ -120,6 +139,15 @@ class CapturedIteration:
         # lowers whose last batch a method evaluates but that do not step in this pattern
         self.context = sorted({lower for s in self.steps.values() for lower, *_ in s.pushes
                                if lower not in self.pattern}, key=list(self.problems).index)
+        # lowers an upper of this pattern unrolls through (one-step windows): their step is
+        # recomputed inside the upper's gradient as a function of the uppers' parameters
+        self.unrolled = {lower: engine.unroll_settings(lower)[0]
+                         for s in self.steps.values() for lower, _, m, _ in s.pushes
+                         if m == "unroll"}
+        for lower in self.unrolled:
+            if lower not in self.steps:
+                raise NotCapturable(f"the unrolled lower '{lower}' does not step in this "
+                                    "iteration")
         self._sama_optimizers: dict[str, FunctionalOptimizer] = {}
         for s in self.steps.values():
             for lower, _, method, _ in s.pushes:
@@ -168,13 +196,15 @@ class CapturedIteration:
         states = dict(states)  # entries replaced as problems step (sama reads the newest)
         last_batch = dict(context)
         outputs = {}
+        before = {}  # an unrolled lower's parameters and state before its step
         for name in self.pattern:
             step = self.steps[name]
             total = None
             loss = metrics = None
             for batch in steps[name]:
                 last_batch[name] = batch
-                g, loss, metrics = self._total_gradient(step, params, last_batch, states, lrs)
+                g, loss, metrics = self._total_gradient(step, params, last_batch, states, lrs,
+                                                        before)
                 if step.accum > 1:
                     g = [x / step.accum for x in g]
                 total = g if total is None else [a + b for a, b in zip(total, g)]
@@ -186,12 +216,16 @@ class CapturedIteration:
             # for the divergence guard: a sum is finite exactly when its terms are (short of
             # overflow), and fuses with the update's pass where a norm costs a pass of its own
             sums = torch.stack([x.sum() for x in total]) if step.below else None
+            if name in self.unrolled:
+                before[name] = (params[name], states[name])
             new, new_states[name] = step.optimizer.update(params[name], total, states[name],
                                                           lrs[name])
-            if step.callbacks:
-                with torch.no_grad():
-                    for callback in step.callbacks:
-                        callback(new)
+            # an unrolled lower's callbacks run when its window closes, after its upper
+            if step.callbacks and name not in self.unrolled:
+                _run_callbacks(step.callbacks, new)
+            for lower, _, method, _ in step.pushes:
+                if method == "unroll" and lower in before:
+                    _run_callbacks(self.steps[lower].callbacks, params[lower])
             params[name] = new
             states[name] = states[f"sama:{name}"] = new_states[name]
             outputs[name] = (loss.detach(), sums, metrics)
@@ -212,19 +246,31 @@ class CapturedIteration:
         return functional_call(self.holder, mapping, (name, batch), tie_weights=True,
                                strict=False)
 
-    def _total_gradient(self, step: _Step, params: Params, batches: dict, states, lrs):
-        """``d loss / d theta_name``, hypergradients through every lower (chain.py's order)."""
+    def _total_gradient(self, step: _Step, params: Params, batches: dict, states, lrs,
+                        before: dict):
+        """``d loss / d theta_name``, hypergradients through every lower (chain.py's order).
+
+        A lower unrolled with second-order terms is stepped again inside the differentiated
+        function, from its parameters before the step, as a function of the others: the
+        derivative through its step is then part of the gradient (as on the eager tape).
+        """
         name = step.name
         wrt = [name] + step.below
+        replay = [lower for lower, _, m, _ in step.pushes
+                  if m == "unroll" and not self.unrolled[lower] and lower in before]
 
         def f(sub):
-            loss, metrics = self._loss(name, {**params, **sub}, batches[name])
+            current = {**params, **sub}
+            for lower in replay:
+                current[lower] = self._unrolled_step(lower, current, before[lower],
+                                                     batches[lower], lrs)
+            loss, metrics = self._loss(name, current, batches[name])
             return loss, (loss, metrics)
 
         cot, (loss, metrics) = grad(f, has_aux=True)({n: params[n] for n in wrt})
         cot = {n: list(v) for n, v in cot.items()}
         for lower, targets, method, args in step.pushes:
-            if method == "first_order":  # contributes nothing
+            if method in ("first_order", "unroll"):  # nothing, or on the tape already
                 continue
             v = cot[lower]
             contrib = _METHODS[method](self, lower, targets, params, v, batches[lower],
@@ -232,6 +278,17 @@ class CapturedIteration:
             for t in targets:
                 cot[t] = [a + c for a, c in zip(cot[t], contrib[t])]
         return cot[name], loss, metrics
+
+    def _unrolled_step(self, lower: str, params: Params, start, batch, lrs) -> list:
+        """The lower's one-step window again: its update from ``start`` (parameters, optimizer
+        state), differentiable in every other problem's parameters in ``params``."""
+        theta, state = start
+        step = self.steps[lower]
+        g = grad(lambda w: self._loss(lower, {**params, lower: w}, batch)[0])(theta)
+        if step.clip is not None:
+            coef = torch.clamp(step.clip / (_vector_norm(g) + 1e-6), max=1.0)
+            g = [x * coef for x in g]
+        return step.optimizer.update(theta, g, state, lrs[lower])[0]
 
     def lower_loss(self, lower: str, params: Params, batch, **replace) -> torch.Tensor:
         """The lower's loss with some problems' parameters replaced (``name=[tensors]``)."""
@@ -316,6 +373,13 @@ def _cg(it, lower, targets, params, v, batch, states, lrs, iterations=1, alpha=1
 
 def _first_order(it, lower, targets, params, v, batch, states, lrs):
     return {t: [torch.zeros_like(p) for p in params[t]] for t in targets}  # (skipped above)
+
+
+def _run_callbacks(callbacks, params) -> None:
+    """``param_callback``/``after_step`` on new parameter tensors (in place, as on live ones)."""
+    with torch.no_grad():
+        for callback in callbacks:
+            callback(params)
 
 
 def _is_adam(optimizer) -> bool:

@@ -15,6 +15,9 @@ METHODS = {
     "neumann": ("iterations=2, alpha=0.5", {"neumann_iterations": 2, "neumann_alpha": 0.5}),
     "cg": ("iterations=3, alpha=1.0", {"cg_iterations": 3, "cg_alpha": 1.0}),
     "first_order": ("", {}),
+    # a one-step window differentiated in the graph: second order from .mlo, first order
+    # (Config.first_order's default) from the Python API
+    "unroll": ("", {}),
 }
 
 
@@ -57,6 +60,16 @@ def test_optimizers_in_the_graph(lower_opt, upper_opt):
     kw = dict(lower_opt=lower_opt, upper_opt=upper_opt)
     eager = _run(lambda **k: mlo_engine("sama", "alpha=1.0", **kw, **k), False)
     captured = _run(lambda **k: mlo_engine("sama", "alpha=1.0", **kw, **k), True)
+    assert_same_parameters(eager, captured)
+
+
+def test_unroll_first_order_and_clip_in_the_window():
+    kw = dict(lower_extra="grad_clip = 0.05")
+    eager = _run(lambda **k: mlo_engine("unroll", "first_order=True", **kw, **k), False)
+    captured = _run(lambda **k: mlo_engine("unroll", "first_order=True", **kw, **k), True)
+    assert_same_parameters(eager, captured)
+    eager = _run(lambda **k: mlo_engine("unroll", "", **kw, **k), False)
+    captured = _run(lambda **k: mlo_engine("unroll", "", **kw, **k), True)
     assert_same_parameters(eager, captured)
 
 
