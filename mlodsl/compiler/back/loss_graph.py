@@ -109,7 +109,7 @@ class GraphBuilder(Interpreter):
         for name, module in modules.items():
             self.root.add_module(module_slot(name), module)
         self.inputs = {name: self.graph.placeholder(name) for name in params}
-        for name, node in self.inputs.items():
+        for node in self.inputs.values():
             node.meta["mlo_span"] = None
         self._consts = 0
         self._current: ir.Expr | None = None
