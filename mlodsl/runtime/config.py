@@ -108,6 +108,20 @@ class Config:
         """Whether ``name`` was passed to the constructor (rather than left at its default)."""
         return name in self._explicit or (name == "unroll_steps" and "step" in self._explicit)
 
+    def clip_norm(self, override: float | None = None) -> float:
+        """The gradient-norm clipping threshold (0: none): ``override`` when given, else
+        :attr:`gradient_clipping`.
+
+        ``override`` is a problem's ``grad_clip`` (the ``.mlo`` setting); this is the one place
+        where the two spellings meet.
+        """
+        return override if override is not None else self.gradient_clipping
+
+    def accumulation_steps(self, override: int | None = None) -> int:
+        """Batches accumulated per step (at least 1): ``override`` (a problem's ``grad_accum``)
+        when set, else :attr:`gradient_accumulation`."""
+        return max(int(override or self.gradient_accumulation), 1)
+
     def method_arguments(self, method: str) -> dict[str, Any]:
         """The keyword arguments of ``method`` as this config sets them (defaults included)."""
         extra = {"cg": {"tol": "cg_tol"}, "unroll": {"checkpoint": "unroll_checkpoint"},

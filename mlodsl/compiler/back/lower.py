@@ -22,10 +22,7 @@ which is also the order in which user code runs (docs/language.md, "How programs
 """
 from __future__ import annotations
 
-import random
 from typing import Any
-
-import torch
 
 from mlodsl.compiler import ir
 from mlodsl.compiler.back.instantiate import Instantiator
@@ -40,20 +37,10 @@ from mlodsl.compiler.back.resolve import (
 from mlodsl.compiler.front.check import levels as program_levels
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.methods import METHODS
+from mlodsl.runtime.seeding import seed_everything
 from mlodsl.settings import EARLY_STOP_KEYS, SettingError
 
-__all__ = ["lower", "seed_everything"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global generator and torch's."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
+__all__ = ["lower"]
 
 
 def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
