@@ -86,7 +86,7 @@ def edges_from_configs(problems: Mapping[str, Any], graph: nx.DiGraph) -> list[E
     for upper, lower in graph.edges:
         uc, lc = problems[upper].config, problems[lower].config
 
-        def pick(field: str):
+        def pick(field: str, uc=uc, lc=lc):  # bound now: the loop rebinds uc and lc
             if uc.explicitly_set(field):
                 return getattr(uc, field), uc
             if lc.explicitly_set(field):

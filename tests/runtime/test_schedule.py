@@ -3,7 +3,7 @@ from mlodsl import Config
 from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.schedule import Schedule
 
-from helpers import engine_for, make_problem
+from tests.support.toy_problems import engine_for, make_problem
 
 
 def run_counts(problems, l2u, iterations):

@@ -109,7 +109,8 @@ _NOT_COMPILED = object()
 
 
 class CallableLoss:
-    """A problem's loss from ``loss = f``: ``f(problems, batch)``, ``problems.NAME`` each problem."""
+    """A problem's loss from ``loss = f``: ``f(problems, batch)``, ``problems.NAME`` each
+    problem."""
 
     def __init__(self, problem: str, field_: ir.Field, fn: Callable, problems: Any,
                  sources: SourceMap):
