@@ -218,7 +218,7 @@ class Engine:
             take_step(self, problem)
             self._log_problem(problem)
             for lower in self.schedule.lowers(name):
-                if self._hierarchy.closes_window(name, lower, self.problems[lower].iterative):
+                if self._hierarchy.closes_window(name, lower):
                     end_unroll_window(self.problems[lower])
             if self.config.roll_back:
                 self._roll_back.after_upper(name, self.problems,
