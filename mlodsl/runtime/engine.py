@@ -218,7 +218,7 @@ class Engine:
             take_step(self, problem)
             self._log_problem(problem)
             for lower in self.schedule.lowers(name):
-                if self._hierarchy.closes_window(name, lower, self.problems[lower].iterative):
+                if self._hierarchy.closes_window(name, lower):
                     end_unroll_window(self.problems[lower])
             if self.config.roll_back:
                 self._roll_back.after_upper(name, self.problems,
@@ -406,7 +406,6 @@ class Engine:
             return list(grads)
         return dist.average_differentiable(grads)
 
-    # -- Betty's roll_back -------------------------------------------------------------------
     # -- the training state --------------------------------------------------------------------
     def training_state(self) -> TrainingState:
         """The whole training state, gathered from its owners (live references, no copies).
