@@ -5,6 +5,7 @@ The public surface::
     import mlodsl
     plan = mlodsl.compile("examples/hpo/hpo.mlo")        # the .mlo route
     history = plan.run(iterations=200)
+    run = mlodsl.load_run("runs/hpo")                    # a run folder's trained modules
 
     from mlodsl import ImplicitProblem, Config, EngineConfig, Engine   # the Python route
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compile": ("mlodsl.compiler.api", "compile"),
+    "load_run": ("mlodsl.results", "load_run"),
     "ExecutionPlan": ("mlodsl.compiler.plan", "ExecutionPlan"),
     "Problem": ("mlodsl.runtime.problem", "Problem"),
     "ImplicitProblem": ("mlodsl.runtime.problem", "ImplicitProblem"),

@@ -7,10 +7,12 @@ writes the run folder (default ``runs/<program-stem>-<timestamp>``):
 * ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record;
 * ``checkpoints/`` - the last checkpoints (every ``checkpoint_every`` iterations, and at the
   end or on Ctrl-C / SIGTERM), from which ``--resume DIR`` continues exactly;
-* ``summary.json`` - the program, the overrides, the iterations run, the time, the parameter
-  counts and the final validation metrics;
+* ``summary.json`` and ``summary.md`` - how the run ended (finished, early-stopped, diverged,
+  interrupted, failed), the final and best validation, the final losses, the time and the
+  learned hyperparameters of small problems (:mod:`mlodsl.runtime.summary`), written in every
+  ending;
 
-and prints the final validation metrics. ``--nproc N`` runs N data-parallel processes on this
+and prints the summary (``mlodsl show DIR`` prints it again). ``--nproc N`` runs N data-parallel processes on this
 machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
 (e.g. a loss that became NaN), 2 for an error in the program or its overrides.
 """
@@ -120,62 +122,16 @@ def main(args) -> int:
     if main_rank:
         print_warnings(plan)
         sys.stderr.write(f"mlodsl: running {args.file} -> {out}\n")
-    start = time.perf_counter()
-    plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
-             progress=not args.quiet, console=not args.quiet)
-    seconds = time.perf_counter() - start
+    try:
+        plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
+                 progress=not args.quiet, console=not args.quiet)
+    except BaseException:
+        if main_rank and plan.summary is not None:
+            sys.stderr.write(f"mlodsl: {plan.summary['status']} at iteration "
+                             f"{plan.summary['stopped_at']}; summary in "
+                             f"{os.path.join(out, 'summary.json')}\n")
+        raise
     if main_rank:
-        summary = _summary(plan, args, out, seconds)
-        _write_json(os.path.join(out, "summary.json"), summary)
-        sys.stdout.write(_final_text(summary) + "\n")
+        from mlodsl.runtime.summary import render_summary
+        sys.stdout.write(render_summary(plan.summary) + "\n")
     return 0
-
-
-def _summary(plan, args, out: str, seconds: float) -> dict:
-    from mlodsl.runtime.logging import to_number
-
-    engine = plan.engine
-    return {
-        "program": os.path.abspath(args.file),
-        "run_dir": os.path.abspath(out),
-        "overrides": list(args.set) + ([f"engine.iterations={args.iterations}"]
-                                       if args.iterations is not None else []),
-        "iterations": engine.global_step,
-        "seconds": round(seconds, 3),
-        "parameters": plan.parameter_counts(),
-        "last_loss": {n: to_number(p.last_loss) for n, p in engine.problems.items()
-                      if getattr(p, "last_loss", None) is not None},
-        "final_validation": plan.final_validation(),
-    }
-
-
-def _write_json(path: str, data: dict) -> None:
-    import json
-    import math
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(clean(data), f, indent=2)
-        f.write("\n")
-
-
-def _final_text(summary: dict) -> str:
-    val = summary["final_validation"]
-    head = f"done: {summary['iterations']} iterations in {summary['seconds']:.1f} s " \
-           f"({summary['run_dir']})"
-    if not val:
-        losses = " ".join(f"{k}={v:.4g}" for k, v in summary["last_loss"].items())
-        return f"{head}\nlast losses: {losses}"
-    it = val.get("iteration")
-    metrics = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in val.items() if k != "iteration")
-    return f"{head}\nfinal validation (iteration {it}): {metrics}"

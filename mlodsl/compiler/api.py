@@ -98,8 +98,13 @@ def compile(path_or_source: str | os.PathLike,  # noqa: A001 - the public name
     """
     from mlodsl.compiler.lower import lower
 
+    if overrides is not None and not isinstance(overrides, (Mapping, str)):
+        overrides = list(overrides)  # read twice: applied, then kept for the summary
     program, sources, warnings = load_program(path_or_source, overrides, namespace)
+    from mlodsl.compiler.overrides import from_mapping
+
     plan = lower(program, sources, dict(namespace or {}))
     plan.warnings[:0] = warnings
+    plan.overrides = [o.text for o in from_mapping(overrides)]
     return plan
 

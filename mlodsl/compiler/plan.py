@@ -15,6 +15,8 @@ Example::
 """
 from __future__ import annotations
 
+import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -284,6 +286,9 @@ class ExecutionPlan:
     warnings: list[Diagnostic] = field(default_factory=list)
     descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
     engine: PlanEngine | None = None
+    overrides: list[str] = field(default_factory=list)  # as written (for the summary)
+    summary: dict | None = None  # the results of the last run() (mlodsl.runtime.summary)
+    seconds: float = 0.0  # wall time spent in run(), all calls together
 
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
@@ -391,10 +396,41 @@ class ExecutionPlan:
                 raise MLOError(f"iterations must be an integer >= 0, got {iterations!r}")
             engine.config.train_iters = iterations
         from mlodsl.compiler.resolve import on_path
-        with on_path(self.search_path):
-            engine.run()
-            engine.finish()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            with on_path(self.search_path):
+                engine.run()
+                engine.finish()
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            self.seconds += time.perf_counter() - start
+            self._record_summary(error)
         return engine.history.records
+
+    def _record_summary(self, error: BaseException | None) -> None:
+        """Build :attr:`summary` and, with a run folder, write it there, in every ending.
+
+        A failure to write is a warning: it must never hide how the run itself ended.
+        """
+        from mlodsl.runtime import distributed as dist
+        from mlodsl.runtime.summary import build_summary, ending, write_summary
+
+        engine = self.engine
+        status, message = ending(engine, error)
+        try:
+            self.summary = build_summary(
+                engine, status=status, message=message, seconds=self.seconds,
+                program=self.file if self.file.startswith("<") else os.path.abspath(self.file),
+                overrides=self.overrides, run_dir=engine.config.run_dir,
+                checkpoints=engine.config.checkpoint_dir)
+            if engine.config.run_dir and dist.is_main():
+                write_summary(engine.config.run_dir, self.summary)
+        except Exception as err:  # noqa: BLE001 - reported, never raised over the run's end
+            warnings.warn(f"could not write the run's summary: {describe_exception(err)}",
+                          RuntimeWarning, stacklevel=3)
 
     def final_validation(self) -> dict | None:
         """The last validation metrics of the run, or None."""
