@@ -59,11 +59,29 @@ def _overrides(args) -> list:
     from mlodsl.compiler.overrides import parse_override
 
     out = [parse_override(s) for s in args.set]
-    if args.iterations is not None:
-        out.append(parse_override(f"engine.iterations={args.iterations}", "--iterations"))
-    if args.device is not None:
-        out.append(parse_override(f"engine.device={args.device!r}", "--device"))
+    for option, target, value in (("--iterations", "iterations", args.iterations),
+                                  ("--device", "device", args.device)):
+        if value is None:
+            continue
+        _no_conflict(out, option, ("engine", target), value)
+        text = f"engine.{target}={value!r}"
+        out.append(parse_override(text, option))
     return out
+
+
+def _no_conflict(overrides: list, option: str, target: tuple, value) -> None:
+    """``--iterations N`` and ``--set engine.iterations=M`` together are an error (which one
+    was meant is not ours to guess), unless they say the same."""
+    from mlodsl.compiler.ir import Constant
+    from mlodsl.compiler.overrides import error_at
+
+    for o in overrides:
+        same = isinstance(o.value, Constant) and o.value.value == value and \
+            type(o.value.value) is type(value)
+        if o.target == target and not same:
+            raise error_at(o, f"{option} {value} and --set {'.'.join(target)} disagree",
+                           f"give one of them ({option} is shorthand for "
+                           f"--set {'.'.join(target)}=...)")
 
 
 def _run_folders(args) -> tuple[str, str | None]:

@@ -43,7 +43,8 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
     """Parse, apply overrides and check: ``(program, sources, warnings)``. Raises MLOError."""
     from mlodsl.compiler.check import check, errors
     from mlodsl.compiler.interpret import SourceMap
-    from mlodsl.compiler.overrides import apply_overrides, from_mapping, relocate
+    from mlodsl.compiler.overrides import (apply_overrides, from_mapping, relocate,
+                                          shadowed_hypergrads)
     from mlodsl.compiler.parse import parse
     from mlodsl.compiler.resolve import NAMESPACE_MODULE
 
@@ -71,7 +72,7 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
                 err.sources = dict(sources.sources)
                 raise err from None
             raise
-        diags = relocate(check(program), before, file, ovs)
+        diags = relocate(check(program), before, file, ovs) + shadowed_hypergrads(program, ovs)
     else:
         diags = before
     if errors(diags):

@@ -27,7 +27,8 @@ from mlodsl.compiler import ir
 from mlodsl.compiler._front_graph import back_edges, reachable_all, reverse
 from mlodsl.compiler._front_graph import levels as _graph_levels
 from mlodsl.compiler._front_names import BUILTINS
-from mlodsl.compiler._front_values import UNKNOWN, check_method, check_value, literal_value
+from mlodsl.compiler._front_values import (UNKNOWN, _via_let, check_method, check_value,
+                                           literal_value)
 from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS, FieldSpec
 from mlodsl.diagnostics import Diagnostic, Span, did_you_mean
 
@@ -76,9 +77,20 @@ def dependency_graph(program: ir.Program):
         g.add_node(name, problem=problems[name])
     for upper, lowers in graph.items():
         for lower, e in zip(lowers, edges[upper]):
-            g.add_edge(upper, lower, every=e.every if e.every is not None else 1,
-                       method=e.method, edge=e)
+            g.add_edge(upper, lower, every=static_every(e, program), method=e.method, edge=e)
     return g
+
+
+def static_every(edge: ir.Edge, program: ir.Program) -> int | str:
+    """An edge's ``every`` as an int when it is known statically (a literal or a ``let`` bound
+    to one; 1 when absent), else its source text (``2 * k``)."""
+    if edge.every is None:
+        return 1
+    value = literal_value(edge.every, {let.name: let for let in program.lets})
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    from mlodsl.compiler.fmt import format_expr
+    return format_expr(edge.every)
 
 
 def levels(program: ir.Program) -> dict[str, int]:
@@ -237,9 +249,8 @@ class _Checker:
             elif e.target in seen:
                 self.error(e.target_span, f"'{p.name}' depends on '{e.target}' twice")
             seen.add(e.target)
-            if e.every is not None and e.every < 1:
-                self.error(e.every_span, f"'every' must be >= 1, got {e.every}",
-                           f"'every N' lets '{e.target}' step N times per step of '{p.name}'")
+            if e.every is not None:
+                self.check_every(p, e)
             if e.method is not None:
                 check_method(e.method, self.lets, self.error)
                 for arg in _method_arguments(e.method):
@@ -248,6 +259,20 @@ class _Checker:
         if hg is not None and not p.edges:
             self.warning(hg.name_span, f"'hypergrad' of '{p.name}' has no effect: "
                          f"'{p.name}' depends on nothing")
+
+    def check_every(self, p: ir.Problem, e: ir.Edge):
+        """``every EXPR``: names in scope (lets, imports, built-ins), an integer >= 1 when known."""
+        self.check_names(e.every, _Scope(self))
+        value = literal_value(e.every, self.lets)
+        hint = f"'every N' lets '{e.target}' step N times per step of '{p.name}'"
+        if value is UNKNOWN:
+            return  # an expression: checked when the program is compiled
+        via = _via_let(e.every, self.lets)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.error(e.every_span, f"'every' must be an integer, got {value!r}",
+                       via or hint)
+        elif value < 1:
+            self.error(e.every_span, f"'every' must be >= 1, got {value}", via or hint)
 
     def check_block(self, fields: tuple[ir.Field, ...], table: dict[str, FieldSpec],
                     where: str, kind: str, at: Span, problem: ir.Problem | None = None):

@@ -94,6 +94,7 @@ class _Lowering:
             self._built_modules = modules = self.build_modules()
             problems = {p.name: self.build_problem(k, p, modules[p.name])
                         for k, p in enumerate(self.program.problems)}
+            self._problems = problems
             losses = {p.name: self.build_loss(p, problems) for p in self.program.problems}
             edges = self.plan_edges()
             settings = self.engine_settings(problems)
@@ -409,9 +410,48 @@ class _Lowering:
                     choice, source = self.method(engine_hg.value), "engine hypergrad"
                 else:
                     choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
-                out.append(PlannedEdge(p.name, e.target, e.every or 1, choice.name, choice.args,
-                                       source))
+                args, note = dict(choice.args), ""
+                if choice.name == "neumann" and "alpha" not in choice.given:
+                    args["alpha"], note = self.neumann_alpha(e.target)
+                out.append(PlannedEdge(p.name, e.target, self.every(p, e), choice.name, args,
+                                       source, where=self.where(e), note=note))
         return out
+
+    def every(self, p: ir.Problem, e: ir.Edge) -> int:
+        """An edge's ``every``: any integer expression (a literal, a ``let``, ``2 * k``) >= 1."""
+        if e.every is None:
+            return 1
+        value = self.interp(f"'every' of '{p.name} depends {e.target}'").run(e.every)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and \
+                not value.is_floating_point():
+            value = value.item()
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise self.sources.error(e.every, f"'every' of '{p.name} depends {e.target}' must "
+                                     f"be an integer >= 1, got {value!r}",
+                                     f"'every N' lets '{e.target}' step N times per step of "
+                                     f"'{p.name}'")
+        return value
+
+    def neumann_alpha(self, lower: str) -> tuple[float, str]:
+        """``neumann``'s default step in a ``.mlo`` program: the lower's learning rate.
+
+        The series converges for ``alpha < 2 / lambda_max(H)``, and gradient descent on the
+        lower is stable under the same condition on its learning rate, so a lower that trains
+        with SGD at ``lr`` makes ``alpha = lr`` safe. (Python programs keep ``Config``'s 1.0.)
+        """
+        group = self._problems[lower].optimizer.param_groups[0]
+        lr = group.get("lr")
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            return METHODS["neumann"].bind({})["alpha"], ""
+        return lr, f"alpha = the lr of '{lower}'"
+
+    def where(self, e: ir.Edge) -> str:
+        """``FILE:LINE:COL`` of an edge: its ``via`` method when it has one, else its target."""
+        node = e.method if e.method is not None else e
+        span = getattr(node, "span", None) if e.method is not None else e.target_span
+        return f"{self.sources.file_of(node)}:{span.line}:{span.column}"
 
     def method(self, expr: ir.Expr) -> MethodChoice:
         interp = self.interp("the hypergradient method", methods_first=True)

@@ -194,10 +194,13 @@ class PlannedEdge:
     method: str
     args: dict
     source: str  # "via", "hypergrad of 'P'", "engine hypergrad" or "default"
+    where: str | None = None  # "FILE:LINE:COL" of the edge, for run-time warnings
+    note: str = ""  # how a default argument was derived ("alpha = the lr of 'classifier'")
 
     def spec(self) -> EdgeSpec:
         """The runtime's edge."""
-        return EdgeSpec(self.upper, self.lower, self.method, self.args, self.every)
+        return EdgeSpec(self.upper, self.lower, self.method, self.args, self.every,
+                        where=self.where)
 
     def call(self) -> str:
         """``darts(alpha=0.01)``."""
@@ -314,7 +317,8 @@ class ExecutionPlan:
                             if show_graphs and self.losses[n].graph is not None else {})},
             } for n in self.problems],
             "edges": [{"upper": e.upper, "lower": e.lower, "every": e.every, "method": e.method,
-                       "args": e.args, "method_from": e.source} for e in self.edges],
+                       "args": e.args, "method_from": e.source,
+                       **({"note": e.note} if e.note else {})} for e in self.edges],
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
             "warnings": [d.headline() for d in self.warnings],
@@ -340,8 +344,9 @@ class ExecutionPlan:
         if not self.edges:
             lines.append("  (none: a single-level program)")
         for e in self.edges:
+            note = f"; {e.note}" if e.note else ""
             lines.append(f"  {e.upper} depends {e.lower} every {e.every} via {e.call()}"
-                         f"   [method from {e.source}]")
+                         f"   [method from {e.source}{note}]")
         lines += ["", "schedule:"] + ["  " + s for s in self.schedule().describe().splitlines()]
         lines += ["", "losses:"]
         for n, info in self.losses.items():

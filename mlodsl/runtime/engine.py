@@ -63,15 +63,17 @@ def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 class EdgeSpec:
     """How an upper steps over one lower: method name, its arguments, ``every`` and warm-up."""
 
-    __slots__ = ("upper", "lower", "method", "args", "every", "warmup")
+    __slots__ = ("upper", "lower", "method", "args", "every", "warmup", "where")
 
     def __init__(self, upper: str, lower: str, method: str = "darts",
-                 args: Mapping[str, Any] | None = None, every: int = 1, warmup: int = 0):
+                 args: Mapping[str, Any] | None = None, every: int = 1, warmup: int = 0,
+                 where: str | None = None):
         if method not in METHODS:
             raise MLOError(f"edge {upper} -> {lower}: unknown hypergradient method '{method}'")
         self.upper, self.lower, self.method = upper, lower, method
         self.args = METHODS[method].bind(dict(args or {}))
         self.every, self.warmup = int(every), int(warmup)
+        self.where = where  # "FILE:LINE:COL" of the edge in a .mlo program, for messages
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
@@ -260,6 +262,16 @@ class Engine:
         The edge ``upper -> lower`` when there is one; otherwise the first edge into ``lower``
         from a problem inside ``upper``'s sub-DAG.
         """
+        spec = self._edge_for(upper, lower)
+        return spec.method, spec.args
+
+    def edge_label(self, upper: str, lower: str) -> str:
+        """Where the edge :meth:`method_for` uses is written (``FILE:LINE:COL``), for messages;
+        ``edge 'upper' -> 'lower'`` for a program built in Python."""
+        spec = self._edge_for(upper, lower)
+        return spec.where or f"edge '{spec.upper}' -> '{spec.lower}'"
+
+    def _edge_for(self, upper: str, lower: str) -> EdgeSpec:
         spec = self.edges.get((upper, lower))
         if spec is None:
             scope = set(nx.descendants(self.graph, upper)) | {upper}
@@ -267,7 +279,7 @@ class Engine:
                 if u in scope and (u, lower) in self.edges:
                     spec = self.edges[(u, lower)]
                     break
-        return spec.method, spec.args
+        return spec
 
     def method_state(self, upper: str, lower: str) -> dict:
         """Persistent per-edge state a method may keep (e.g. a reinforce baseline)."""

@@ -56,6 +56,12 @@ class HypergradRequest:
     upper_loss: torch.Tensor | None = None
     state: dict = field(default_factory=dict)
 
+    def where(self) -> str:
+        """The edge's position for messages: ``FILE:LINE:COL`` of its ``.mlo`` source when the
+        program was compiled, else ``edge 'upper' -> 'lower'``."""
+        upper = getattr(self.upper, "name", self.upper)
+        return self.engine.edge_label(upper, self.lower.name)
+
     # -- what methods evaluate -----------------------------------------------------------
     def lower_params(self) -> list[torch.Tensor]:
         """The lower's current parameters (fast weights while unrolling)."""
