@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     json_mode = bool(getattr(args, "json", False) or getattr(args, "format", None) == "json")
+    import warnings
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return int(_module(args.command).main(args) or 0)
     except MLOError as err:
@@ -99,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
             return _json_error(args.command, [Diagnostic(None, None, "error", message, hint)], 1)
         _write_err(f"mlodsl: error: {message}\n  hint: {hint}")
         return 1
+    finally:
+        warnings.showwarning = previous
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings on stderr: an MLOWarning (already ``FILE:LINE:COL: warning: ...``) as is, any
+    other as ``mlodsl: warning: Category: message``, each on lines of its own."""
+    from mlodsl.diagnostics import MLOWarning
+
+    if issubclass(category, MLOWarning):
+        _write_err(str(message))
+    else:
+        _write_err(f"mlodsl: warning: {category.__name__}: {message}")
 
 
 def _asks_for_json(argv: list[str]) -> bool:
