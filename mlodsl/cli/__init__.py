@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except MLOError as err:
         if json_mode:
             return _json_error(args.command, err.diagnostics, err.exit_status)
-        _write_err(err.render(getattr(err, "sources", None)))
+        _write_err(err.render())
         return err.exit_status
     except KeyboardInterrupt:
         _write_err("mlodsl: interrupted")

@@ -56,7 +56,7 @@ def default_run_dir(path: str) -> str:
 
 
 def _overrides(args) -> list:
-    from mlodsl.compiler.overrides import parse_override
+    from mlodsl.compiler.front.overrides import parse_override
 
     out = [parse_override(s) for s in args.set]
     for option, target, value in (("--iterations", "iterations", args.iterations),
@@ -73,7 +73,7 @@ def _no_conflict(overrides: list, option: str, target: tuple, value) -> None:
     """``--iterations N`` and ``--set engine.iterations=M`` together are an error (which one
     was meant is not ours to guess), unless they say the same."""
     from mlodsl.compiler.ir import Constant
-    from mlodsl.compiler.overrides import error_at
+    from mlodsl.compiler.front.overrides import error_at
 
     for o in overrides:
         same = isinstance(o.value, Constant) and o.value.value == value and \

@@ -24,12 +24,12 @@ from __future__ import annotations
 from typing import Iterable
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_graph import back_edges, reachable_all, reverse
-from mlodsl.compiler._front_graph import levels as _graph_levels
-from mlodsl.compiler._front_names import BUILTINS
-from mlodsl.compiler._front_values import (UNKNOWN, _via_let, check_method, check_value,
-                                           literal_value)
-from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS, FieldSpec
+from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS, FieldSpec
+from mlodsl.compiler.front.graph import back_edges, reachable_all, reverse
+from mlodsl.compiler.front.graph import levels as _graph_levels
+from mlodsl.compiler.front.names import BUILTINS
+from mlodsl.compiler.front.values import (UNKNOWN, _via_let, check_method, check_value,
+                                          literal_value)
 from mlodsl.diagnostics import Diagnostic, Span, did_you_mean
 
 __all__ = ["check", "levels", "dependency_graph", "loss_reads", "errors", "summary"]
@@ -89,7 +89,7 @@ def static_every(edge: ir.Edge, program: ir.Program) -> int | str:
     value = literal_value(edge.every, {let.name: let for let in program.lets})
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    from mlodsl.compiler.fmt import format_expr
+    from mlodsl.compiler.front.fmt import format_expr
     return format_expr(edge.every)
 
 

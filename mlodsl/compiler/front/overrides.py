@@ -11,7 +11,7 @@ An override replaces a piece of the program's IR before it is checked and lowere
 * ``classifier.scheduler=None`` - clears an optional field (``hpo.via=None`` an edge's ``via``,
   ``hpo.every=None`` its ``every``).
 
-The value is parsed with :func:`~mlodsl.compiler.parse.parse_expression` and the whole program
+The value is parsed with :func:`~mlodsl.compiler.front.parse.parse_expression` and the whole program
 is checked again, so a bad override gets the same diagnostics as bad source; they point into
 the override's own text (labelled ``--set TARGET``).
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS
-from mlodsl.compiler.interpret import SourceMap
-from mlodsl.compiler.parse import parse_expression
+from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS
+from mlodsl.compiler.front.parse import parse_expression
+from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
 
 __all__ = ["Override", "parse_override", "override_from_value", "apply_overrides",
@@ -59,9 +59,7 @@ class Override:
 
 def _error(label: str, text: str, span: Span | None, message: str,
            hint: str | None = None) -> MLOError:
-    err = MLOError(Diagnostic(label, span, "error", message, hint))
-    err.sources = {label: text}
-    return err
+    return MLOError(Diagnostic(label, span, "error", message, hint), sources={label: text})
 
 
 def error_at(o: Override, message: str, hint: str | None = None) -> MLOError:
@@ -85,7 +83,7 @@ def parse_override(text: str, label: str | None = None) -> Override:
     try:
         value = parse_expression(blanked, label)
     except MLOError as err:
-        err.sources = {label: text}
+        err.sources = {label: text}  # the override's whole text, not the blanked one
         raise
     return Override(target, value, label, text)
 
@@ -285,8 +283,7 @@ def shadowed_hypergrads(program: ir.Program, overrides: Iterable[Override]) -> l
 
 
 def _with_sources(err: MLOError, sources: SourceMap) -> MLOError:
-    err.sources = {**sources.sources, **getattr(err, "sources", {})}
-    return err
+    return err.add_sources(sources.sources)
 
 
 def relocate(diagnostics: Iterable[Diagnostic], before: Iterable[Diagnostic], program_file: str,
