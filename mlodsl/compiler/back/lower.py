@@ -114,6 +114,7 @@ class _Lowering:
             levels=dict(self.levels), edges=edges,
             losses={n: losses[n] for n in by_level}, engine_settings=settings,
             search_path=path, sources=self.sources, validate=validate, validate_node=node,
+            early_stop_node=self.early_stop_node(),
             warnings=self.warnings, descriptions=self.descriptions)
 
     # -- evaluation helpers ---------------------------------------------------------------------
@@ -538,6 +539,17 @@ class _Lowering:
                                      f"got {patience!r}")
         out["early_stopping_tolerance"] = patience
         return out
+
+    def early_stop_node(self) -> Any:
+        """Where ``early_stop`` names its metric (``metric="acc"``), else the field's value."""
+        f = self.field("early_stop")
+        if f is None:
+            return None
+        if isinstance(f.value, ir.Call):
+            for kw in f.value.kwargs:
+                if kw.name == "metric":
+                    return kw.value
+        return f.value
 
     def _check_engine_config(self, settings: dict) -> None:
         from mlodsl.runtime.config import EngineConfig

@@ -92,6 +92,7 @@ class ExecutionPlan:
     warnings: list[Diagnostic] = field(default_factory=list)
     descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
     engine: PlanEngine | None = None
+    early_stop_node: Any = None  # the early_stop field's metric (or value), for messages
     overrides: list[str] = field(default_factory=list)  # as written (for the summary)
     summary: dict | None = None  # the results of the last run() (mlodsl.runtime.summary)
     seconds: float = 0.0  # wall time spent in run(), all calls together
@@ -183,7 +184,8 @@ class ExecutionPlan:
             self.engine = PlanEngine(
                 config=config, problems=[self.problems[n] for n in self.order],
                 edges=[e.spec() for e in self.edges], validate=self.validate,
-                validate_node=self.validate_node, sources=self.sources)
+                validate_node=self.validate_node, sources=self.sources,
+                early_stop_node=self.early_stop_node)
         self.engine.history.console = console
         for n, info in self.losses.items():  # tensor constants of the graphs, too
             if info.graph is not None:

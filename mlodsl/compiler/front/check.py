@@ -175,6 +175,7 @@ class _Checker:
             self.check_problem(p)
         for e in self.program.engines:
             self.check_block(e.fields, ENGINE_FIELDS, "the engine", "engine", e.span)
+            self.check_early_stop(e)
         self.check_graph()
         self.check_modules()
         self.check_reads()
@@ -311,6 +312,22 @@ class _Checker:
             if spec.required and name not in seen and name not in guessed:
                 self.error(at, f"{where} is missing the required field '{name}'", spec.doc)
 
+    def check_early_stop(self, engine: ir.Engine):
+        """``early_stop``'s metric is one that ``validate`` gives, when both are spelled out:
+        ``validate = dict(acc=..., loss=...)`` and ``early_stop = dict(metric="acc")``."""
+        stop, validate = engine.field("early_stop"), engine.field("validate")
+        if stop is None or not isinstance(stop.value, ir.Call):
+            return
+        metric = next((kw for kw in stop.value.kwargs if kw.name == "metric"), None)
+        keys = _dict_keys(validate.value) if validate is not None else None
+        if metric is None or keys is None:
+            return  # validate is a function call: its keys are checked at the first validation
+        name = literal_value(metric.value, self.lets)
+        if isinstance(name, str) and name not in keys:
+            given = ", ".join(f"'{k}'" for k in keys)
+            self.error(metric.value.span, f"'early_stop' watches '{name}', but 'validate' gives "
+                       f"only {given}", did_you_mean(name, keys) or f"use one of {given}")
+
     def check_params(self, f: ir.Field, problem: ir.Problem | None) -> tuple[str, ...]:
         seen: set[str] = set()
         spans = f.param_spans or tuple(f.span for _ in f.params)
@@ -420,6 +437,16 @@ class _Checker:
                                  f"use '{upper}' in the loss of '{lower}', e.g. '{upper}()'")
 
 
+def _dict_keys(expr: ir.Expr) -> list[str] | None:
+    """The keys of ``dict(a=..., b=...)`` (a number gives ``metric``); None when unknown."""
+    if isinstance(expr, ir.Call) and isinstance(expr.func, ir.Name) and expr.func.name == "dict" \
+            and not expr.args:
+        return [kw.name for kw in expr.kwargs]
+    if isinstance(expr, ir.Constant) and isinstance(expr.value, (int, float)):
+        return ["metric"]
+    return None
+
+
 def _method_arguments(expr: ir.Expr) -> list[ir.Expr]:
     """The argument expressions of a method call like ``neumann(iterations=n)``."""
     if isinstance(expr, ir.Call) and isinstance(expr.func, ir.Name):
@@ -470,6 +497,12 @@ class _Scope:
                           "problem names are in scope in problem and engine fields only")
         else:
             hint = did_you_mean(name, self.candidates())
+            close = hint.split("'")[1] if hint else None
+            if close in checker.imported and close not in checker.lets:
+                # The import may be the typo (the module has 'name', the import says 'close'):
+                # `mlodsl compile` resolves the import to tell; here, name both fixes.
+                hint = (f"did you mean '{close}'? (or, if the module defines '{name}', fix the "
+                        f"import at line {checker.imported[close].line})")
             if hint is None and name == "torch":
                 hint = "add 'import torch'"
             checker.error(node.span, f"unknown name '{name}'", hint)
