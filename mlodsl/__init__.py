@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from mlodsl.diagnostics import Diagnostic, MLOError
+from mlodsl.diagnostics import Diagnostic, MLOError, MLOWarning
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ _LAZY = {
     "Engine": ("mlodsl.runtime.engine", "Engine"),
 }
 
-__all__ = ["Diagnostic", "MLOError", "__version__", *_LAZY]
+__all__ = ["Diagnostic", "MLOError", "MLOWarning", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -253,7 +253,7 @@ def render_summary(s: dict) -> str:
     final, best = s.get("final_validation"), s.get("best_validation")
     if final:
         lines.append(f"final validation (iteration {final.get('iteration')}): {_metrics(final)}")
-    if best and best != final:
+    if best:
         by = s.get("best_by") or {}
         lines.append(f"best validation (iteration {best.get('iteration')}, "
                      f"{by.get('mode', 'min')} {by.get('metric', '')}): {_metrics(best)}")
