@@ -74,3 +74,16 @@ def test_the_warning_points_into_the_mlo_file_through_the_cli(tmp_path, capsys):
     assert lines[i].startswith(f"{program}:12:{column}: warning:")
     assert lines[i + 1].startswith("  hint: use neumann(alpha=0.")
     assert "Traceback" not in stderr and status in (0, 1)
+
+
+def test_cg_warns_once_when_the_lowers_hessian_is_not_positive_definite():
+    # -3 |w|^2 makes the lower's Hessian 2 X^T X / n - 6 I + diag(decay): indefinite
+    concave = "weights.loss=F.mse_loss(weights(x), y) - 3.0 * (weights.w ** 2).sum()"
+    _, caught = _run(["decays.via=cg(iterations=5)", concave], iterations=3)
+    (w,) = caught
+    head, hint = str(w.message).splitlines()
+    assert head.startswith("--set decays.via:1:12: warning: cg met non-positive curvature of "
+                           "the loss of 'weights'")
+    assert hint.startswith("  hint: let the lower converge more per upper step")
+    _, caught = _run(["decays.via=cg(iterations=5)"], iterations=3)
+    assert caught == []  # convex: no warning
