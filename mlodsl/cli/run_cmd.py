@@ -12,8 +12,8 @@ writes the run folder (default ``runs/<program-stem>-<timestamp>``):
   learned hyperparameters of small problems (:mod:`mlodsl.runtime.summary`), written in every
   ending;
 
-and prints the summary (``mlodsl show DIR`` prints it again). ``--nproc N`` runs N data-parallel processes on this
-machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
+and prints the summary (``mlodsl show DIR`` prints it again). ``--nproc N`` runs N
+data-parallel processes on this machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
 (e.g. a loss that became NaN), 2 for an error in the program or its overrides.
 """
 from __future__ import annotations

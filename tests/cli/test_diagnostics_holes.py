@@ -30,7 +30,8 @@ def _position(text, needle, occurrence=0):
 
 
 def test_early_stop_metric_typo_is_found_by_check(tmp_path, capsys):
-    text = SRC.replace("    seed       = 0", '    seed       = 0\n    early_stop = dict(metric="mes")')
+    text = SRC.replace("    seed       = 0",
+                       '    seed       = 0\n    early_stop = dict(metric="mes")')
     path = _program(tmp_path, text)
     status, _, err = run_cli(["check", path], capsys)
     assert status == 2

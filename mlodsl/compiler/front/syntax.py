@@ -85,7 +85,8 @@ def _printable(ch: str) -> str:
     return repr(ch)
 
 
-_LAMBDA = re.compile(r"\blambda\s*(?:[A-Za-z_][A-Za-z0-9_]*\s*(?:,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*)?$")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_LAMBDA = re.compile(rf"\blambda\s*(?:{_NAME}\s*(?:,\s*{_NAME}\s*)*)?$")  # and its parameters
 _LAMBDA_HINT = "define the function in a Python module and import it (from parts import my_fn)"
 
 

@@ -88,8 +88,8 @@ def _warn_growth(request: HypergradRequest, alpha: float, growth: float, lam: fl
     advice = f"use neumann(alpha={safe:g})" if safe > 0 else "use a smaller alpha"
     warnings.warn(MLOWarning(
         f"{request.where()}: warning: the Neumann series of the hypergradient through "
-        f"'{request.lower.name}' diverges (its terms grow x{growth:.3g} each): alpha={float(alpha)!r} "
-        f"is above {bound}, so the hypergradient is wrong\n"
+        f"'{request.lower.name}' diverges (its terms grow x{growth:.3g} each): "
+        f"alpha={float(alpha)!r} is above {bound}, so the hypergradient is wrong\n"
         f"  hint: {advice} (about 1/lambda_max), or cg(...), which needs no step size"),
         stacklevel=2)
 
