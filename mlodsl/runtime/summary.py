@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,11 @@ def _checkpoint_files(directory: str) -> dict:
     d = Path(directory)
     if not d.is_dir():
         return {}
-    found = sorted(f for f in d.iterdir() if f.name.startswith("ckpt-") and f.suffix == ".pt")
-    best = sorted(f for f in d.iterdir() if f.name.startswith("best") and f.suffix == ".pt")
+    numbered = re.compile(r"^ckpt-(\d+)\.pt$")
+    found = sorted((int(m.group(1)), f) for f in d.iterdir() if (m := numbered.match(f.name)))
+    found = [f for _, f in found]
+    best = sorted(f for f in d.iterdir() if "best" in f.name and f.suffix == ".pt"
+                  and not f.name.startswith("."))
     out = {}
     if found:
         out["last_checkpoint"] = str(found[-1].resolve())

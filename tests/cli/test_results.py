@@ -105,3 +105,21 @@ def test_show_and_load_run_without_a_run_folder(tmp_path, capsys):
     assert status == 2 and "has no summary.json" in stderr
     with pytest.raises(mlodsl.MLOError, match="no readable summary"):
         mlodsl.load_run(tmp_path)
+
+
+def test_load_run_takes_the_best_checkpoint_when_the_run_kept_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    status, _, stderr = run_cli(["run", RIDGE, "--iterations", 8, "--out", out, "--quiet",
+                                 "--set", "engine.checkpoint_every=4",
+                                 "--set", "engine.checkpoint_keep=5"], capsys)
+    assert status == 0, stderr
+    s = _summary(out)
+    assert s["last_checkpoint"].endswith("ckpt-00000008.pt") and "best_checkpoint" not in s
+    early = out / "checkpoints" / "ckpt-00000004.pt"
+    (out / "summary.json").write_text(json.dumps({**s, "best_checkpoint": str(early)}))
+    best, last = mlodsl.load_run(out), mlodsl.load_run(out, which="last")
+    assert best.checkpoint == early and last.checkpoint.name == "ckpt-00000008.pt"
+    assert not torch.equal(best["weights"].w, last["weights"].w)
+    assert torch.allclose(last["weights"].w, torch.tensor(s["learned"]["weights"]["w"]))
+    with pytest.raises(mlodsl.MLOError, match="use 'best' or 'last'"):
+        mlodsl.load_run(out, which="first")
