@@ -107,13 +107,14 @@ def test_show_and_load_run_without_a_run_folder(tmp_path, capsys):
         mlodsl.load_run(tmp_path)
 
 
-def test_load_run_takes_the_best_checkpoint_when_the_run_kept_one(tmp_path, capsys):
+def test_load_run_takes_the_best_checkpoint_when_the_run_kept_one(tmp_path):
     out = tmp_path / "run"
-    status, _, stderr = run_cli(["run", RIDGE, "--iterations", 8, "--out", out, "--quiet",
-                                 "--set", "engine.checkpoint_every=4",
-                                 "--set", "engine.checkpoint_keep=5"], capsys)
-    assert status == 0, stderr
+    plan = mlodsl.compile(RIDGE)
+    plan.run(iterations=4, run_dir=str(out), checkpoint_dir=str(out / "checkpoints"),
+             console=False)
+    plan.run(iterations=8)  # continues the run: a checkpoint at 4 and one at 8
     s = _summary(out)
+    assert (s["status"], s["iterations"]) == ("finished", 8)
     assert s["last_checkpoint"].endswith("ckpt-00000008.pt") and "best_checkpoint" not in s
     early = out / "checkpoints" / "ckpt-00000004.pt"
     (out / "summary.json").write_text(json.dumps({**s, "best_checkpoint": str(early)}))
