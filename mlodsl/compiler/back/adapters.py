@@ -109,7 +109,8 @@ _NOT_COMPILED = object()
 
 
 class CallableLoss:
-    """A problem's loss from ``loss = f``: ``f(problems, batch)``, ``problems.NAME`` each problem."""
+    """A problem's loss from ``loss = f``: ``f(problems, batch)``, ``problems.NAME`` each
+    problem."""
 
     def __init__(self, problem: str, field_: ir.Field, fn: Callable, problems: Any,
                  sources: SourceMap):
@@ -162,7 +163,7 @@ class CompiledProblem(ImplicitProblem):
     @property
     def compiles(self) -> bool:
         """Whether this problem's first-order loss evaluations go through torch.compile."""
-        engine = getattr(self, "_engine", None)
+        engine = self.engine
         return bool(engine is not None and engine.config.compile
                     and isinstance(self.loss_fn, GraphLoss))
 
@@ -226,7 +227,7 @@ class PlanEngine(Engine):
         if not self.config.early_stopping or metric in stats or self._early_stop_node is None:
             return
         from mlodsl.diagnostics import did_you_mean
-        named = "early_stopping_metric" in getattr(self.config, "_explicit", ())
+        named = self.config.explicitly_set("early_stopping_metric")
         given = ", ".join(f"'{k}'" for k in stats)
         if named:
             message = f"'early_stop' watches '{metric}', but 'validate' gives only {given}"
@@ -239,7 +240,7 @@ class PlanEngine(Engine):
     def _default_metrics(self, stats: dict) -> None:
         """Early stopping and ReduceLROnPlateau watch the only metric when none was named."""
         only = next(iter(stats)) if len(stats) == 1 else None
-        named = "early_stopping_metric" in getattr(self.config, "_explicit", ())
+        named = self.config.explicitly_set("early_stopping_metric")
         if self.config.early_stopping and not named and only is not None:
             self.config.early_stopping_metric = only
         for p in self.problems.values():

@@ -28,8 +28,8 @@ from mlodsl.compiler.back.adapters import CompiledProblem, PlanEngine
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import Diagnostic, MLOError
 from mlodsl.runtime.config import EngineConfig
-from mlodsl.runtime.engine import EdgeSpec
-from mlodsl.runtime.schedule import Schedule, ScheduleEdge
+from mlodsl.runtime.edges import Edge
+from mlodsl.runtime.schedule import Schedule
 
 __all__ = ["ExecutionPlan", "PlannedEdge", "LossInfo"]
 
@@ -49,10 +49,10 @@ class PlannedEdge:
     where: str | None = None  # "FILE:LINE:COL" of the edge, for run-time warnings
     note: str = ""  # how a default argument was derived ("alpha = the lr of 'classifier'")
 
-    def spec(self) -> EdgeSpec:
+    def spec(self) -> Edge:
         """The runtime's edge."""
-        return EdgeSpec(self.upper, self.lower, self.method, self.args, self.every,
-                        where=self.where)
+        return Edge(self.upper, self.lower, every=self.every, method=self.method,
+                    args=self.args, source=self.source, where=self.where)
 
     def call(self) -> str:
         """``darts(alpha=0.01)``."""
@@ -100,7 +100,7 @@ class ExecutionPlan:
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
         """A fresh :class:`~mlodsl.runtime.schedule.Schedule` of the program."""
-        return Schedule(self.order, [ScheduleEdge(e.upper, e.lower, e.every) for e in self.edges])
+        return Schedule(self.order, [e.spec() for e in self.edges])
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter count of each problem."""

@@ -27,8 +27,8 @@ import warnings
 import torch
 
 from mlodsl.diagnostics import MLOWarning
-from mlodsl.runtime.hypergrad._utils import axpy, detached, lower_grad_with_graph, norm, scale
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+from mlodsl.runtime.vectors import axpy, detached, norm, scale
 
 
 def neumann_inverse_hvp(hvp, v, iterations: int, alpha: float,
@@ -102,7 +102,7 @@ def neumann(request: HypergradRequest, iterations: int = 1, alpha: float = 1.0
     Until it has warned once for this edge, it watches the series' terms and warns (an
     :class:`~mlodsl.diagnostics.MLOWarning` at the edge's position) when they grow.
     """
-    w, grad_w = lower_grad_with_graph(request)
+    w, grad_w = request.lower_grad_with_graph()
     watch = None if request.state.get("neumann_warned") else []
     x = neumann_inverse_hvp(lambda u: request.hvp(grad_w, u, params=w),
                             detached(request.v), iterations, alpha, watch)
