@@ -55,8 +55,8 @@ def ending(engine: Any, error: BaseException | None) -> tuple[str, str | None]:
 def _error_message(error: BaseException) -> str:
     diagnostics = getattr(error, "diagnostics", None)
     if diagnostics:
-        d = diagnostics[0]
-        return d.headline() if hasattr(d, "headline") else str(d)
+        d = diagnostics[0]  # its position when it has one ("FILE:LINE:COL: error: ...")
+        return d.headline() if d.file is not None else d.message
     return f"{type(error).__name__}: {error}"
 
 
