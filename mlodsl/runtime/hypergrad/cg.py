@@ -18,8 +18,8 @@ With ``tol > 0`` the loop stops once ``|r_k| <= tol |r_0|`` (one host synchronis
 iteration; ``tol = 0`` never synchronises). CG assumes ``H`` positive definite; on an
 indefinite Hessian a non-positive curvature ``<p, A p> <= 0`` makes the step meaningless, so
 such a direction contributes nothing (checked without synchronising), and the method warns
-once per edge, at the edge's position, that it happened (one synchronisation per call until
-then).
+once per edge, at the edge's position, that it happened (checked with one synchronisation on
+the first 10 calls and every 10th after, until it has warned).
 
 Reference: Hestenes and Stiefel, "Methods of Conjugate Gradients for Solving Linear Systems",
 1952; used for hypergradients by Pedregosa, "Hyperparameter optimization with approximate
@@ -75,10 +75,10 @@ def cg(request: HypergradRequest, iterations: int = 1, alpha: float = 1.0, tol: 
     """Conjugate gradient on ``(alpha H) x = alpha v`` (see module docstring)."""
     w, grad_w = request.lower_grad_with_graph()
     b = scale(alpha, detached(request.v))
-    watch = None if request.state.get("cg_warned") else []
+    watch = [] if request.watching("cg") else None
     x = conjugate_gradient(lambda u: scale(alpha, request.hvp(grad_w, u, params=w)),
                            b, iterations, tol, watch)
-    if watch and bool(torch.stack(watch).any()):  # one sync, until the edge has warned once
+    if watch and bool(torch.stack(watch).any()):  # one sync (see request.watching)
         request.state["cg_warned"] = True
         warnings.warn(MLOWarning(
             f"{request.where()}: warning: cg met non-positive curvature of the loss of "

@@ -99,11 +99,12 @@ def neumann(request: HypergradRequest, iterations: int = 1, alpha: float = 1.0
             ) -> list[torch.Tensor | None]:
     """Truncated Neumann series for ``H^{-1} v`` (see module docstring).
 
-    Until it has warned once for this edge, it watches the series' terms and warns (an
+    Until it has warned once for this edge, it watches the series' terms (on the calls
+    :meth:`~HypergradRequest.watching` picks) and warns (an
     :class:`~mlodsl.diagnostics.MLOWarning` at the edge's position) when they grow.
     """
     w, grad_w = request.lower_grad_with_graph()
-    watch = None if request.state.get("neumann_warned") else []
+    watch = [] if request.watching("neumann") else None
     x = neumann_inverse_hvp(lambda u: request.hvp(grad_w, u, params=w),
                             detached(request.v), iterations, alpha, watch)
     if watch:

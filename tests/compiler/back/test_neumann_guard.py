@@ -87,3 +87,14 @@ def test_cg_warns_once_when_the_lowers_hessian_is_not_positive_definite():
     assert hint.startswith("  hint: let the lower converge more per upper step")
     _, caught = _run(["decays.via=cg(iterations=5)"], iterations=3)
     assert caught == []  # convex: no warning
+
+
+def test_the_self_checks_run_on_the_first_ten_calls_then_every_tenth_until_a_warning():
+    from mlodsl.runtime.hypergrad.registry import HypergradRequest
+
+    request = HypergradRequest(engine=None, lower=None, targets=[], v=[], state={})
+    calls = [k for k in range(1, 41) if request.watching("neumann")]
+    assert calls == [*range(1, 11), 20, 30, 40]
+    request.state["neumann_warned"] = True
+    assert not any(request.watching("neumann") for _ in range(20))
+    assert request.watching("cg")  # each check counts on its own
