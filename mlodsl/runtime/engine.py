@@ -171,6 +171,12 @@ class Engine:
         edge = self._hierarchy.edge_for(upper, lower)
         return edge.method, edge.args
 
+    def edge_label(self, upper: str, lower: str) -> str:
+        """Where the edge :meth:`method_for` uses is written (``FILE:LINE:COL``), for messages;
+        ``edge 'upper' -> 'lower'`` for a program built in Python."""
+        edge = self._hierarchy.edge_for(upper, lower)
+        return edge.where or f"edge '{edge.upper}' -> '{edge.lower}'"
+
     def is_unrolled(self, name: str) -> bool:
         """Whether ``name``'s steps are taken differentiably for an upper to unroll through."""
         return self._hierarchy.is_unrolled(name)
@@ -230,7 +236,7 @@ class Engine:
             take_step(self, problem, batch=batches.get(name))
             self._log_problem(problem)
             for lower in self.schedule.lowers(name):
-                if self._hierarchy.closes_window(name, lower, self.problems[lower].iterative):
+                if self._hierarchy.closes_window(name, lower):
                     end_unroll_window(self.problems[lower])
             if self.config.roll_back:
                 self._roll_back.after_upper(name, self.problems,
@@ -436,7 +442,6 @@ class Engine:
             return list(grads)
         return dist.average_differentiable(grads)
 
-    # -- Betty's roll_back -------------------------------------------------------------------
     # -- the training state --------------------------------------------------------------------
     def training_state(self) -> TrainingState:
         """The whole training state, gathered from its owners (live references, no copies).
