@@ -148,11 +148,11 @@ class CapturedIteration:
             if lower not in self.steps:
                 raise NotCapturable(f"the unrolled lower '{lower}' does not step in this "
                                     "iteration")
-        self._sama_optimizers: dict[str, FunctionalOptimizer] = {}
+        self.sama_optimizers: dict[str, FunctionalOptimizer] = {}
         for s in self.steps.values():
             for lower, _, method, _ in s.pushes:
                 if method == "sama" and _is_adam(self.problems[lower].optimizer):
-                    self._sama_optimizers[lower] = FunctionalOptimizer(
+                    self.sama_optimizers[lower] = FunctionalOptimizer(
                         self.problems[lower].optimizer,
                         self.problems[lower].trainable_parameters())
 
@@ -162,10 +162,10 @@ class CapturedIteration:
         params = {n: [p.detach() for p in prob.trainable_parameters()]
                   for n, prob in self.problems.items()}
         states = {n: s.optimizer.states() for n, s in self.steps.items()}
-        for lower, fo in self._sama_optimizers.items():
+        for lower, fo in self.sama_optimizers.items():
             states.setdefault(f"sama:{lower}", fo.states())
         lrs = {n: s.optimizer.learning_rates() for n, s in self.steps.items()}
-        for lower, fo in self._sama_optimizers.items():
+        for lower, fo in self.sama_optimizers.items():
             lrs.setdefault(f"sama:{lower}", fo.learning_rates())
         context = {n: self.problems[n].cur_batch for n in self.context}
         return params, states, lrs, batches, context
@@ -173,7 +173,7 @@ class CapturedIteration:
     def ready(self) -> bool:
         """Whether every optimizer state the iteration reads exists (torch's first step made it)."""
         return all(s.optimizer.ready() for s in self.steps.values()) and all(
-            fo.ready() for fo in self._sama_optimizers.values())
+            fo.ready() for fo in self.sama_optimizers.values())
 
     def signature(self) -> tuple:
         """What the function was built for: which tensors train (a frozen parameter changes
@@ -317,7 +317,7 @@ def _central_difference(it, lower, targets, params, w, v, eps, batch):
 
 def _sama(it: CapturedIteration, lower, targets, params, v, batch, states, lrs, alpha=1.0):
     w = params[lower]
-    fo = it._sama_optimizers.get(lower)
+    fo = it.sama_optimizers.get(lower)
     if fo is not None:  # Adam/AdamW: v preconditioned by the next step's du/dg
         g = grad(lambda x: it.lower_loss(lower, params, batch, **{lower: x}))(w)
         key = f"sama:{lower}"
