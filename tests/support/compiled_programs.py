@@ -169,3 +169,58 @@ def assert_same_parameters(a, b, rtol: float = 1e-5) -> None:
         for x, y in zip(a[name], b[name]):
             scale = x.abs().max().clamp_min(1e-12)
             assert float((x - y).abs().max() / scale) <= rtol, name
+
+
+class Scale(nn.Module):
+    """A third level: one scale on the middle problem's decays."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self):
+        return self.s
+
+
+def three_level_engine(compile: bool, lower_method: str = "darts()",
+                       upper_method: str = "neumann(iterations=2, alpha=0.5)",
+                       iterations: int = 40):
+    """classifier <- hpo (lower_method) <- meta (upper_method, every 2): a chain of three."""
+    net, decay = _modules()
+    scale = Scale()
+    src = f"""
+import torch.nn.functional as F
+
+problem classifier {{
+    module     = net
+    optimizer  = SGD(lr=0.1, momentum=0.9)
+    data       = cdata
+    loss(x, y) = F.cross_entropy(classifier(x), y) + reg_loss(classifier, hpo())
+}}
+
+problem hpo depends classifier via {lower_method} {{
+    module     = decay
+    optimizer  = Adam(lr=0.01)
+    data       = hdata
+    loss(x, y) = F.cross_entropy(classifier(x), y) + 0.01 * meta() * ((hpo()[0] ** 2).sum() + (hpo()[1] ** 2).sum())
+    after_step = clamp_decay
+}}
+
+problem meta depends hpo every 2 via {upper_method} {{
+    module     = scale
+    optimizer  = SGD(lr=50.0)
+    data       = mdata
+    loss(x, y) = F.cross_entropy(classifier(x), y)
+}}
+
+engine {{
+    iterations = {iterations}
+    seed       = 0
+    compile    = {compile}
+}}
+"""
+    plan = mlodsl.compile(src, namespace={
+        "net": net, "decay": decay, "scale": scale, "reg_loss": reg_loss,
+        "clamp_decay": clamp_decay, "cdata": Loader(1), "hdata": Loader(2),
+        "mdata": Loader(3)})
+    return plan.build_engine(console=False)

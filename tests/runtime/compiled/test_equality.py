@@ -5,6 +5,7 @@ code torch.compile receives, without tens of seconds of compilation per graph on
 (``test_torch_compile.py`` compiles a few for real).
 """
 import pytest
+import torch
 
 from tests.support.compiled_programs import (api_engine, assert_same_parameters, mlo_engine,
                                              parameters)
@@ -83,3 +84,21 @@ def test_clip_accumulation_and_every():
     assert set(engine.whole_iteration.patterns().values()) == {"captured"}
     assert len(engine.whole_iteration.patterns()) == 2
     assert_same_parameters(eager, parameters(engine))
+
+
+@pytest.mark.parametrize("lower,upper", [("darts()", "neumann(iterations=2, alpha=0.5)"),
+                                         ("cg(iterations=2)", "sama()")])
+def test_three_levels_chained(lower, upper):
+    """Hypergradients chained through two edges (the meta problem's gradient goes through hpo
+    and, by hpo's edge, through the classifier); two patterns (every 2)."""
+    from tests.support.compiled_programs import three_level_engine
+    eager = three_level_engine(False, lower, upper)
+    eager.run()
+    engine = three_level_engine(True, lower, upper)
+    engine.run()
+    assert set(engine.whole_iteration.patterns().values()) == {"captured"}
+    assert len(engine.whole_iteration.patterns()) == 2
+    assert engine.whole_iteration.captured_iterations >= 37
+    before = torch.tensor(0.5)
+    assert float((engine.problems["meta"].trainable_parameters()[0] - before).abs()) > 1e-6
+    assert_same_parameters(parameters(eager), parameters(engine))
