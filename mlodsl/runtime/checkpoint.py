@@ -118,7 +118,7 @@ def load_engine_state(engine, state: dict) -> None:
     if state.get("format") != FORMAT_VERSION:
         raise MLOError(f"checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}",
                        kind="run")
-    missing = set(engine.problems) - set(state["problems"])
+    missing = set(engine.problems.keys()) - set(state["problems"])
     if missing:
         raise MLOError("the checkpoint does not match this program: it has no state for "
                        f"problem(s) {', '.join(sorted(missing))}", kind="run")

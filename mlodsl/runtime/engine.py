@@ -38,7 +38,7 @@ from mlodsl.diagnostics import MLOError
 from mlodsl.methods import METHODS
 from mlodsl.runtime import checkpoint as ckpt
 from mlodsl.runtime import distributed as dist
-from mlodsl.runtime.config import EngineConfig
+from mlodsl.runtime.config import ConfigConflictWarning, EngineConfig, edge_settings
 from mlodsl.runtime.device import resolve_device
 from mlodsl.runtime.functional import (ModuleView, gradient_fingerprint, same_fingerprint,
                                        substitute)
@@ -46,13 +46,14 @@ from mlodsl.runtime.logging import MetricsLog, make_sinks
 from mlodsl.runtime.precision import Precision
 from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
+from mlodsl.runtime.problem_list import ProblemList
 from mlodsl.runtime.schedule import Schedule, ScheduleEdge
 from mlodsl.runtime.stepping import end_unroll_window, take_step
 
 __all__ = ["Engine", "EdgeSpec"]
 
 _RESERVED = set(dir(Problem)) | {"module", "optimizer", "scheduler", "train_data_loader",
-                                 "device", "cur_batch", "after_step", "grad_clip"}
+                                 "device", "cur_batch", "after_step", "grad_clip", "env", "cfg"}
 
 
 def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -78,57 +79,71 @@ class EdgeSpec:
         return f"{self.upper} -> {self.lower} every {self.every} via {self.method}({args})"
 
 
-def _edges_from_configs(problems: Mapping[str, Problem], hierarchy: nx.DiGraph) -> list[EdgeSpec]:
+def _edges_from_configs(problems, hierarchy: nx.DiGraph) -> list[EdgeSpec]:
     """Method, unroll length and warm-up per edge, from the problems' ``Config`` objects.
 
-    The upper's explicitly set fields win (the seed's reading), then the lower's (Betty 0.2.1's),
-    then the defaults.
+    The rule is :func:`mlodsl.runtime.config.edge_settings` (the lower's explicit fields first,
+    as in Betty; then the upper's, as in the seed); each disagreement is warned about.
     """
     edges = []
     for upper, lower in hierarchy.edges:
-        uc, lc = problems[upper].config, problems[lower].config
-
-        def pick(field: str):
-            if uc.explicitly_set(field):
-                return getattr(uc, field), uc
-            if lc.explicitly_set(field):
-                return getattr(lc, field), lc
-            return getattr(uc, field), uc
-
-        method, source = pick("type")
-        if problems[lower].iterative and not source.explicitly_set("type"):
-            method = "unroll"
-        every, _ = pick("unroll_steps")
-        warmup, _ = pick("warmup_steps")
-        args = source.method_arguments(method)
-        for arg in METHODS[method].arguments:  # knobs set on the other config still count
-            if arg.config_field and not source.explicitly_set(arg.config_field):
-                value, _ = pick(arg.config_field)
-                args[arg.name] = value
-        edges.append(EdgeSpec(upper, lower, method, args, every, warmup))
+        settings = edge_settings(problems[upper].config, problems[lower].config,
+                                 lower_iterative=problems[lower].iterative,
+                                 upper_has_uppers=hierarchy.in_degree(upper) > 0)
+        for message in settings.conflict_messages(upper, lower):
+            warnings.warn(message, ConfigConflictWarning, stacklevel=3)
+        edges.append(EdgeSpec(upper, lower, settings.method, settings.args, settings.every,
+                              settings.warmup))
     return edges
+
+
+def _with_declared_relations(dependencies: Mapping, problems) -> dict:
+    """``dependencies`` plus the l2u edges declared with ``add_parent``/``add_child``."""
+    declared = any(p.declared_parents() or p.declared_children() for p in problems)
+    if not declared or not isinstance(dependencies, Mapping) or not isinstance(
+            dependencies.get("l2u", {}), Mapping):
+        return dependencies  # nothing to add (_hierarchy reports a malformed argument)
+    out = dict(dependencies)
+    l2u = out["l2u"] = dict(out.get("l2u", {}))
+    for p in problems:
+        for upper in p.declared_parents():
+            l2u[p] = list(l2u.get(p, [])) + [upper]
+        for lower in p.declared_children():
+            l2u[lower] = list(l2u.get(lower, [])) + [p]
+    return out
 
 
 class Engine:
     """Runs a multilevel program: problems, their dependencies and the schedule.
 
-    Args:
+    Args (Betty's order, ``Engine(problems, config, dependencies, env)``; the older
+    ``Engine(config, problems, ...)`` order is recognized by the arguments' types):
+        problems: the problems, in the order that breaks scheduling ties. ``engine.problems``
+            is this list (a :class:`~mlodsl.runtime.problem_list.ProblemList`, which also
+            looks problems up by name).
         config: an :class:`EngineConfig` (defaults when None).
-        problems: the problems, in the order that breaks scheduling ties.
         dependencies: ``{"l2u": {lower: [uppers]}, "u2l": {upper: [lowers]}}`` (Betty's form;
-            problems or their names as keys and items).
-        env: accepted for Betty compatibility (reinforcement-learning environments); unused.
+            problems or their names as keys and items). Relations declared with
+            :meth:`Problem.add_parent`/:meth:`Problem.add_child` before the engine is built
+            count as ``l2u`` edges too.
+        env: an environment (:class:`mlodsl.envs.Env`) shared by the problems as ``self.env``.
         edges: the compiler's route: explicit :class:`EdgeSpec` objects instead of ``Config``
             fields (``dependencies`` may then be None).
     """
 
-    def __init__(self, config: EngineConfig | None = None, problems: Sequence[Problem] = (),
+    def __init__(self, problems: Sequence[Problem] = (), config: EngineConfig | None = None,
                  dependencies: Mapping[str, Mapping] | None = None, env: Any = None,
                  edges: Iterable[EdgeSpec] | None = None, device: Any = None):
+        if isinstance(problems, EngineConfig) or (
+                config is not None and not isinstance(config, EngineConfig)):
+            problems, config = config, problems  # Engine(config, problems, ...)
         self.config = config if config is not None else EngineConfig()
+        if not isinstance(self.config, EngineConfig):
+            raise MLOError(f"Engine(config=...) must be an EngineConfig, got "
+                           f"{type(self.config).__name__}")
         self.env = env
-        self.problems: dict[str, Problem] = {}
-        for p in problems:
+        self.problems = ProblemList()
+        for p in problems if problems is not None else ():
             if not isinstance(p, Problem):
                 raise MLOError(f"Engine(problems=...): {p!r} is not a Problem")
             if p.name in self.problems:
@@ -136,19 +151,21 @@ class Engine:
             if p.name in _RESERVED:
                 raise MLOError(f"a problem may not be named '{p.name}': problems reach each "
                                f"other as attributes, and '{p.name}' is taken")
-            self.problems[p.name] = p
+            self.problems.append(p)
         if not self.problems:
             raise MLOError("Engine needs at least one problem")
 
-        hierarchy = self._hierarchy(dependencies or {}, edges)
+        dependencies = _with_declared_relations(dependencies or {}, self.problems)
+        hierarchy = self._hierarchy(dependencies, edges)
         if edges is None:
             edge_specs = _edges_from_configs(self.problems, hierarchy)
         else:
             edge_specs = list(edges)
         self.edges: dict[tuple[str, str], EdgeSpec] = {(e.upper, e.lower): e for e in edge_specs}
         self.graph = hierarchy
-        self.schedule = Schedule(list(self.problems), [
+        self.schedule = Schedule(self.problems.keys(), [
             ScheduleEdge(e.upper, e.lower, e.every, e.warmup) for e in edge_specs])
+        self.dependencies = dependencies  # Betty's attribute: what the program declared
         self._below_cache: dict[str, list[str]] = {}
         self._ancestors_cache: dict[tuple[str, frozenset], list[str]] = {}
         self._method_states: dict[tuple[str, str], dict] = {}
@@ -175,11 +192,69 @@ class Engine:
             requested = dist.local_device(requested)
             self.history.console = dist.is_main()  # only rank 0 logs
         self._device = resolve_device(requested)
-        for p in self.problems.values():
+        if env is not None:
+            self._initialize_env(env)
+        for p in self.problems:
             p._initialize(self, self._device)
+            p._set_relations(self._relations_of(p.name, dependencies))
         self.precision = Precision(self)
         if self.distributed:
-            dist.broadcast_parameters([p.module for p in self.problems.values()])
+            dist.broadcast_parameters([p.module for p in self.problems])
+
+    # -- Betty's attributes --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device the problems run on (unless a problem was given its own)."""
+        return self._device
+
+    @property
+    def leaves(self) -> list[Problem]:
+        """The problems that depend on nothing (each iteration steps them), in order."""
+        return [self.problems[n] for n in self.schedule.leaves]
+
+    @property
+    def train_iters(self) -> int:
+        """The number of iterations :meth:`run` goes to (``config.train_iters``)."""
+        return self.config.train_iters
+
+    @train_iters.setter
+    def train_iters(self, value: int) -> None:
+        self.config.train_iters = value
+
+    @property
+    def valid_step(self) -> int:
+        """Iterations between validations (``config.valid_step``)."""
+        return self.config.valid_step
+
+    @valid_step.setter
+    def valid_step(self, value: int) -> None:
+        self.config.valid_step = value
+
+    def _initialize_env(self, env: Any) -> None:
+        """Betty's environment set-up: device, the problems by name, ``initialize()``."""
+        if hasattr(env, "configure_device"):
+            env.configure_device(self._device)
+        for p in self.problems:
+            setattr(env, p.name, p)
+        if hasattr(env, "initialize"):
+            env.initialize()
+
+    def _relations_of(self, name: str, dependencies: Mapping) -> dict:
+        """``name``'s uppers, lowers and Betty's hypergradient paths, as Problem objects."""
+        uppers = [self.problems[u] for u in self.schedule.uppers(name)]
+        lowers = [self.problems[lo] for lo in self.schedule.lowers(name)]
+        paths = []
+        for upper, readers in dependencies.get("u2l", {}).items():
+            if self._name_of(upper, "u2l") != name:
+                continue
+            for reader in readers:
+                reader = self._name_of(reader, "u2l")
+                # Betty's path: the upper, down through the l2u chain to the lower that
+                # reads it, then the upper again.
+                for chain in nx.all_simple_paths(self.graph, name, reader):
+                    paths.append([self.problems[n] for n in chain] + [self.problems[name]])
+        return {"parents": uppers, "children": lowers, "paths": paths,
+                "leaf": not lowers}
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: ``self.classifier`` in validation().
@@ -193,7 +268,7 @@ class Engine:
         name = item.name if isinstance(item, Problem) else item
         if not isinstance(name, str) or name not in self.problems:
             raise MLOError(f"dependencies[{where!r}] names {name!r}, which is not in "
-                           f"problems ({', '.join(self.problems)})")
+                           f"problems ({', '.join(self.problems.keys())})")
         return name
 
     def _hierarchy(self, dependencies: Mapping[str, Mapping], edges) -> nx.DiGraph:
@@ -201,7 +276,7 @@ class Engine:
         if unknown:
             raise MLOError(f"dependencies has unknown keys {sorted(unknown)}; use 'u2l' and 'l2u'")
         graph = nx.DiGraph()
-        graph.add_nodes_from(self.problems)
+        graph.add_nodes_from(self.problems.keys())
         if edges is not None:
             for e in edges:
                 for end in (e.upper, e.lower):
@@ -239,7 +314,7 @@ class Engine:
         """Problems below ``name`` in the DAG, lowest level first (ties in problem order)."""
         if name not in self._below_cache:
             levels = self.schedule.levels()
-            order = list(self.problems)
+            order = self.problems.keys()
             below = nx.descendants(self.graph, name)
             self._below_cache[name] = sorted(below, key=lambda n: (levels[n], order.index(n)))
         return self._below_cache[name]
@@ -249,7 +324,7 @@ class Engine:
         key = (name, frozenset(scope))
         cached = self._ancestors_cache.get(key)
         if cached is None:
-            order = list(self.problems)
+            order = self.problems.keys()
             cached = self._ancestors_cache[key] = sorted(nx.ancestors(self.graph, name) & scope,
                                                          key=order.index)
         return list(cached)
@@ -263,7 +338,7 @@ class Engine:
         spec = self.edges.get((upper, lower))
         if spec is None:
             scope = set(nx.descendants(self.graph, upper)) | {upper}
-            for u in self.problems:
+            for u in self.problems.keys():
                 if u in scope and (u, lower) in self.edges:
                     spec = self.edges[(u, lower)]
                     break
@@ -347,21 +422,44 @@ class Engine:
 
     # -- running -----------------------------------------------------------------------------
     def train_step(self) -> None:
-        """One iteration: every leaf steps once; uppers step as their quotas fill."""
-        for problem in self.problems.values():  # parameters are read afresh once per iteration
+        """One iteration: every leaf steps once; uppers step as their quotas fill.
+
+        A Betty-style override may instead call ``leaf.step(global_step=self.global_step)`` for
+        each of :attr:`leaves` (what this does).
+        """
+        for problem in self.problems:  # parameters are read afresh once per iteration
             problem.invalidate_parameter_cache()
         for name in self.schedule.iteration():
-            problem = self.problems[name]
-            self._maybe_cache_for_roll_back(problem)
-            take_step(self, problem)
-            self._log_problem(problem)
-            lowers = self.schedule.lowers(name)
-            for lower in lowers:
-                if self.edges[(name, lower)].method == "unroll" or self.problems[lower].iterative:
-                    end_unroll_window(self.problems[lower])
-            if self.config.roll_back:
-                self._roll_back_lowers(name)
+            self._scheduled_step(self.problems[name])
         self._check_finite()
+
+    def step_problem(self, problem: Problem, global_step: int | None = None) -> None:
+        """Step ``problem`` and then every upper whose quota that fills (``Problem.step``).
+
+        A problem with lowers is stepped by its lowers' cascade, never directly: nothing.
+        """
+        if self.schedule.lowers(problem.name):
+            return
+        if global_step is not None:
+            self.global_step = global_step
+        problem.invalidate_parameter_cache()
+        for name in self.schedule.cascade(problem.name):
+            self._scheduled_step(self.problems[name])
+
+    def _scheduled_step(self, problem: Problem) -> None:
+        """One step the schedule asked for, with its hooks and the windows it closes."""
+        name = problem.name
+        self._maybe_cache_for_roll_back(problem)
+        problem.begin_step(self.global_step)
+        take_step(self, problem)
+        problem.end_step(bool(self.schedule.uppers(name)))
+        self._log_problem(problem)
+        for lower in self.schedule.lowers(name):
+            if self.edges[(name, lower)].method == "unroll" or self.problems[lower].iterative:
+                end_unroll_window(self.problems[lower])
+            self.problems[lower].upper_stepped()
+        if self.config.roll_back:
+            self._roll_back_lowers(name)
 
     def validation(self) -> dict | None:
         """Override to return validation metrics (a dict of numbers); None skips logging."""
@@ -386,6 +484,7 @@ class Engine:
                 while self.global_step < self.config.train_iters and not self._stop:
                     self.global_step += 1
                     self.train_step()
+                    self._check_finite()  # also after a Betty-style train_step override
                     if self.config.valid_step and self.global_step % self.config.valid_step == 0:
                         self._run_validation()
                     self.on_iteration_end()
@@ -519,9 +618,8 @@ class Engine:
         stats = None
         if dist.is_main():  # only rank 0 validates; the others follow its numbers
             self._set_train(False)
-            try:
-                with torch.no_grad():
-                    stats = self.validation()
+            try:  # not under no_grad: a validation may fine-tune (Betty runs it as is)
+                stats = self.validation()
             finally:
                 self._set_train(True)
             if stats:

@@ -23,6 +23,7 @@ import torch
 
 from mlodsl.diagnostics import MLOError
 from mlodsl.runtime.hypergrad.chain import total_gradient
+from mlodsl.runtime.problem import call_param_callback
 
 __all__ = ["take_step", "end_unroll_window"]
 
@@ -89,7 +90,7 @@ def _clear_grads(params) -> None:
 
 def _after_update(problem, params) -> None:
     with torch.no_grad():
-        problem.param_callback(params)
+        call_param_callback(problem, params)
         if problem.after_step is not None:
             problem.after_step(params)
 
