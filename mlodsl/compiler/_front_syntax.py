@@ -22,6 +22,7 @@ _DISPLAY = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
     "EQUAL": "'='", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
     "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "DOT": "'.'",
+    "LANGLE": "'<'", "RANGLE": "'>'",
     **{kw.upper(): f"'{kw}'" for kw in KEYWORDS},
     "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'", "POW": "'**'",
     "_NL": "a newline", "_SEMI": "';'", "$END": "end of file",

@@ -229,6 +229,9 @@ def format_ir(program: ir.Program) -> str:
             p.statement(f"let {item.name} = {format_expr(item.value)}", item)
         elif isinstance(item, ir.Problem):
             header = f"problem {item.name}"
+            if item.settings:  # the header form stays the header form
+                header += " <" + ", ".join(f"{s.name}={format_expr(s.value)}"
+                                           for s in item.settings) + ">"
             if item.edges:
                 header += " depends " + ", ".join(_edge(e) for e in item.edges)
             p.block(header, item, item.fields)

@@ -14,8 +14,11 @@ programs run"):
    0), ``after_step`` and the numeric fields;
 6. losses: fx graphs from expressions; callables are traced on a first batch to find what
    they read, which must agree with the ``depends`` edges;
-7. edges: the method is ``via`` on the edge, else the upper's ``hypergrad``, else the engine's
-   ``hypergrad``, else ``darts()``;
+7. edges: the method is ``via`` on the edge, else what the problems' headers say (the Python
+   route's ``Config`` rule, :func:`mlodsl.runtime.config.edge_settings`), else the upper's
+   ``hypergrad``, else the engine's ``hypergrad``, else ``darts()``; ``every`` is the edge's,
+   else the headers' ``unroll_steps``, else 1; header method knobs fill in arguments the chosen
+   method call does not give;
 8. engine settings and the ``validate`` expression.
 """
 from __future__ import annotations
@@ -36,8 +39,9 @@ from mlodsl.compiler.plan import (CallableLoss, CompiledProblem, ExecutionPlan, 
 from mlodsl.compiler.resolve import (MethodChoice, builtin_names, on_path, resolve_imports,
                                      search_path)
 from mlodsl.diagnostics import MLOError
-from mlodsl.methods import METHODS
-from mlodsl.runtime.config import Config
+from mlodsl.compiler._front_settings import canonical
+from mlodsl.methods import CONFIG_SETTINGS, METHODS, BadMethodArgument, method_field
+from mlodsl.runtime.config import Config, edge_settings
 
 __all__ = ["lower", "seed_everything"]
 
@@ -91,6 +95,7 @@ class _Lowering:
                 seed = self.engine_int("seed", minimum=0)
                 seed_everything(seed)
             self.seed = seed
+            self.headers = {p.name: self.header(p) for p in self.program.problems}
             self._built_modules = modules = self.build_modules()
             problems = {p.name: self.build_problem(k, p, modules[p.name])
                         for k, p in enumerate(self.program.problems)}
@@ -213,7 +218,14 @@ class _Lowering:
         log_every = self.optional_number(p, "log_every", owner, integer=True, minimum=1)
         if log_every is None and self.field("log_every") is not None:
             log_every = self.engine_int("log_every")
-        problem = CompiledProblem(name=p.name, config=Config(log_step=log_every or -1),
+        settings = dict(self.headers[p.name][0])
+        own = {k: v for k, v in settings.items() if CONFIG_SETTINGS[k].role == "step"}
+        if own:
+            desc["settings"] = ", ".join(f"{k}={v!r}" for k, v in own.items()) + \
+                f" (from the header of '{p.name}')"
+        if log_every is not None or "log_step" not in settings:
+            settings["log_step"] = log_every or -1
+        problem = CompiledProblem(name=p.name, config=Config(**settings),
                                   module=module, optimizer=optimizer, scheduler=scheduler,
                                   train_data_loader=data)
         f = p.field("after_step")
@@ -230,6 +242,21 @@ class _Lowering:
         problem.grad_accum = self.optional_number(p, "grad_accum", owner, integer=True,
                                                   minimum=1)
         return problem
+
+    def header(self, p: ir.Problem) -> tuple[dict[str, Any], dict[str, ir.Setting]]:
+        """The values of ``p``'s header settings by ``Config`` field, and their nodes."""
+        values: dict[str, Any] = {}
+        nodes: dict[str, ir.Setting] = {}
+        for s in p.settings:
+            name = canonical(s.name)
+            value = self.interp(f"setting '{s.name}' of '{p.name}'").run(s.value)
+            try:
+                values[name] = CONFIG_SETTINGS[name].validate(value)
+            except BadMethodArgument as err:
+                raise self.sources.error(s.value, f"setting '{s.name}' of '{p.name}': {err}",
+                                         err.hint) from None
+            nodes[name] = s
+        return values, nodes
 
     @property
     def _modules(self) -> dict[str, nn.Module]:
@@ -395,22 +422,64 @@ class _Lowering:
 
     # -- edges -----------------------------------------------------------------------------------
     def plan_edges(self) -> list[PlannedEdge]:
-        """Every depends edge with its method: via, else hypergrad, else engine, else darts."""
+        """Every depends edge with its method, ``every`` and warm-up, and where each came from.
+
+        The method: ``via``, else the headers (the Python route's Config rule), else the
+        upper's ``hypergrad``, else the engine's, else ``darts()``.
+        """
         out = []
         engine_hg = self.field("hypergrad")
+        configs = {n: Config(**values) for n, (values, _) in self.headers.items()}
         for p in self.program.problems:
             own_hg = p.field("hypergrad")
             for e in p.edges:
+                rule = edge_settings(configs[p.name], configs[e.target],
+                                     upper_has_uppers=self.graph.in_degree(p.name) > 0)
+
+                def origin(name: str) -> str:
+                    return f"header of '{p.name if rule.sources[name] == 'upper' else e.target}'"
+
+                given: set[str] = set()  # arguments the chosen method call spells out
                 if e.method is not None:
                     choice, source = self.method(e.method), "via"
+                    given = _given_arguments(e.method)
+                elif rule.sources["type"] != "default":
+                    choice = MethodChoice(rule.method, rule.args)
+                    source = origin("type")
+                    given = set(rule.args)
                 elif own_hg is not None:
                     choice, source = self.method(own_hg.value), f"hypergrad of '{p.name}'"
+                    given = _given_arguments(own_hg.value)
                 elif engine_hg is not None:
                     choice, source = self.method(engine_hg.value), "engine hypergrad"
+                    given = _given_arguments(engine_hg.value)
                 else:
                     choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
-                out.append(PlannedEdge(p.name, e.target, e.every or 1, choice.name, choice.args,
-                                       source))
+                args = dict(choice.args)
+                arg_sources = {}
+                ends = [(configs[e.target], e.target), (configs[p.name], p.name)]
+                for arg in METHODS[choice.name].arguments:
+                    name = method_field(choice.name, arg.name)
+                    if name is None or (arg.name in given and source != origin("type")):
+                        continue
+                    # The Python route's order: the lower first (first_order: the upper first).
+                    for cfg, who in (ends[::-1] if name == "first_order" else ends):
+                        if cfg.explicitly_set(name):
+                            args[arg.name] = getattr(cfg, name)
+                            arg_sources[arg.name] = f"header of '{who}'"
+                            break
+                if e.every is not None:
+                    every, every_source = e.every, "every"
+                elif rule.sources["unroll_steps"] != "default":
+                    every, every_source = rule.every, origin("unroll_steps")
+                else:
+                    every, every_source = 1, "default"
+                warmup_source = (origin("warmup_steps") if rule.sources["warmup_steps"] != "default"
+                                 else "default")
+                out.append(PlannedEdge(p.name, e.target, every, choice.name,
+                                       METHODS[choice.name].bind(args), source,
+                                       every_source=every_source, warmup=rule.warmup,
+                                       warmup_source=warmup_source, arg_sources=arg_sources))
         return out
 
     def method(self, expr: ir.Expr) -> MethodChoice:
@@ -516,6 +585,16 @@ class _Lowering:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _given_arguments(expr: ir.Expr) -> set[str]:
+    """The keyword arguments a method call spells out (``neumann(iterations=3)``)."""
+    if isinstance(expr, ir.Call):
+        names = {kw.name for kw in expr.kwargs}
+        if expr.args and isinstance(expr.func, ir.Name) and expr.func.name in METHODS:
+            names |= {a.name for a in METHODS[expr.func.name].arguments[:len(expr.args)]}
+        return names
+    return set()
+
 
 class _Guarded:
     """An ``after_step`` callable whose failures are reported at its ``.mlo`` position."""

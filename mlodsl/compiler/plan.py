@@ -191,11 +191,23 @@ class PlannedEdge:
     every: int
     method: str
     args: dict
-    source: str  # "via", "hypergrad of 'P'", "engine hypergrad" or "default"
+    source: str  # "via", "header of 'P'", "hypergrad of 'P'", "engine hypergrad" or "default"
+    every_source: str = "default"  # "every", "header of 'P'" or "default"
+    warmup: int = 0
+    warmup_source: str = "default"
+    arg_sources: dict = field(default_factory=dict)  # method argument -> "header of 'P'"
 
     def spec(self) -> EdgeSpec:
         """The runtime's edge."""
-        return EdgeSpec(self.upper, self.lower, self.method, self.args, self.every)
+        return EdgeSpec(self.upper, self.lower, self.method, self.args, self.every, self.warmup)
+
+    def origins(self) -> str:
+        """Where the method, ``every``, warm-up and header-set arguments came from."""
+        parts = [f"method from {self.source}", f"every from {self.every_source}"]
+        if self.warmup or self.warmup_source != "default":
+            parts.append(f"warm-up {self.warmup} from {self.warmup_source}")
+        parts += [f"{k} from {v}" for k, v in self.arg_sources.items()]
+        return ", ".join(parts)
 
     def call(self) -> str:
         """``darts(alpha=0.01)``."""
@@ -289,7 +301,8 @@ class ExecutionPlan:
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
         """A fresh :class:`~mlodsl.runtime.schedule.Schedule` of the program."""
-        return Schedule(self.order, [ScheduleEdge(e.upper, e.lower, e.every) for e in self.edges])
+        return Schedule(self.order, [ScheduleEdge(e.upper, e.lower, e.every, e.warmup)
+                                     for e in self.edges])
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter count of each problem."""
@@ -310,7 +323,9 @@ class ExecutionPlan:
                             if show_graphs and self.losses[n].graph is not None else {})},
             } for n in self.problems],
             "edges": [{"upper": e.upper, "lower": e.lower, "every": e.every, "method": e.method,
-                       "args": e.args, "method_from": e.source} for e in self.edges],
+                       "args": e.args, "method_from": e.source, "every_from": e.every_source,
+                       "warmup": e.warmup, "warmup_from": e.warmup_source,
+                       "args_from": e.arg_sources} for e in self.edges],
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
             "warnings": [d.headline() for d in self.warnings],
@@ -329,7 +344,7 @@ class ExecutionPlan:
             d = self.descriptions.get(n, {})
             lines.append(f"  level {self.levels[n]}  {n:<{width}}  {counts[n]:>10,} parameters  "
                          f"module {d.get('module', '?')}")
-            for key in ("optimizer", "scheduler", "data"):
+            for key in ("optimizer", "scheduler", "data", "settings"):
                 if d.get(key):
                     lines.append(f"  {'':8} {'':<{width}}  {key}: {d[key]}")
         lines += ["", "edges:"]
@@ -337,7 +352,7 @@ class ExecutionPlan:
             lines.append("  (none: a single-level program)")
         for e in self.edges:
             lines.append(f"  {e.upper} depends {e.lower} every {e.every} via {e.call()}"
-                         f"   [method from {e.source}]")
+                         f"   [{e.origins()}]")
         lines += ["", "schedule:"] + ["  " + s for s in self.schedule().describe().splitlines()]
         lines += ["", "losses:"]
         for n, info in self.losses.items():
