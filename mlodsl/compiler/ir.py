@@ -8,7 +8,7 @@ what the formatter's round-trip guarantee (``parse(fmt(src)) == parse(src)``) re
 
 Example::
 
-    >>> from mlodsl.compiler.parse import parse_expression
+    >>> from mlodsl.compiler.front.parse import parse_expression
     >>> parse_expression("net.fc") == Attribute(Name("net"), "fc")
     True
 """

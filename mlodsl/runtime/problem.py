@@ -120,7 +120,7 @@ class Problem:
         Hypergradient methods that differentiate this problem's loss only with respect to its
         uppers (``darts``, ``sama``) ask for it. None (the default) means "use the loss";
         compiled problems return their loss graph's gradient slice
-        (:mod:`mlodsl.compiler.slicing`). The engine checks a surrogate once against the full
+        (:mod:`mlodsl.compiler.back.slicing`). The engine checks a surrogate once against the full
         loss before trusting it.
         """
         return None

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import mlodsl
-from mlodsl.compiler.overrides import parse_override
+from mlodsl.compiler.front.overrides import parse_override
 from mlodsl.diagnostics import MLOError
 
 from bk_helpers import PROGRAMS, run_cli

@@ -6,9 +6,9 @@ import os
 import pytest
 
 import mlodsl
-from mlodsl.compiler.interpret import Interpreter, Scope
-from mlodsl.compiler.parse import parse_expression
-from mlodsl.compiler.resolve import search_path
+from mlodsl.compiler.back.interpret import Interpreter, Scope
+from mlodsl.compiler.front.parse import parse_expression
+from mlodsl.compiler.back.resolve import search_path
 from mlodsl.diagnostics import MLOError
 
 from bk_helpers import HPO, PROGRAMS, ROOT, run_cli

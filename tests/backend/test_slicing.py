@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mlodsl
-from mlodsl.compiler.plan import CompiledProblem
+from mlodsl.compiler.back.adapters import CompiledProblem
 
 torch.set_default_dtype(torch.float32)
 

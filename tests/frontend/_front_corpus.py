@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mlodsl.compiler.check import check  # noqa: E402
-from mlodsl.compiler.parse import parse  # noqa: E402
+from mlodsl.compiler.front.check import check  # noqa: E402
+from mlodsl.compiler.front.parse import parse  # noqa: E402
 from mlodsl.diagnostics import MLOError  # noqa: E402
 
 PROGRAMS = ROOT / "tests" / "programs"

@@ -6,10 +6,10 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlodsl.compiler import _front_graph as g
-from mlodsl.compiler.check import check, dependency_graph, errors, levels, loss_reads
-from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS, required_fields
-from mlodsl.compiler.parse import parse
+from mlodsl.compiler.front import graph as g
+from mlodsl.compiler.front.check import check, dependency_graph, errors, levels, loss_reads
+from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS, required_fields
+from mlodsl.compiler.front.parse import parse
 
 from _front_corpus import ROOT
 

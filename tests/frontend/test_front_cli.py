@@ -127,8 +127,9 @@ def test_check_subprocess_never_imports_torch():
 
 
 def test_cli_modules_do_not_import_torch():
-    proc = _run("-c", "import mlodsl.cli.check_cmd, mlodsl.cli.fmt_cmd, mlodsl.compiler.check, "
-                "mlodsl.compiler.fmt, sys; assert 'torch' not in sys.modules")
+    proc = _run("-c", "import mlodsl.cli.check_cmd, mlodsl.cli.fmt_cmd, "
+                "mlodsl.compiler.front.check, mlodsl.compiler.front.fmt, sys; "
+                "assert 'torch' not in sys.modules")
     assert proc.returncode == 0, proc.stderr
 
 

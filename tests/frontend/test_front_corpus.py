@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlodsl.compiler.check import check
-from mlodsl.compiler.fmt import format_program
-from mlodsl.compiler.parse import parse
+from mlodsl.compiler.front.check import check
+from mlodsl.compiler.front.fmt import format_program
+from mlodsl.compiler.front.parse import parse
 
 from _front_corpus import BAD, GOOD, ROOT, golden_lines
 

@@ -1,8 +1,8 @@
 """The formatter's layout decisions (the corpus tests cover round trip and idempotence)."""
 from __future__ import annotations
 
-from mlodsl.compiler.fmt import format_expr, format_program
-from mlodsl.compiler.parse import parse, parse_expression
+from mlodsl.compiler.front.fmt import format_expr, format_program
+from mlodsl.compiler.front.parse import parse, parse_expression
 
 
 def test_minimal_parentheses():

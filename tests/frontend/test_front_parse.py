@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.parse import MAX_SOURCE_BYTES, parse, parse_expression
+from mlodsl.compiler.front.parse import MAX_SOURCE_BYTES, parse, parse_expression
 from mlodsl.diagnostics import MLOError, Span
 
 from _front_corpus import ROOT

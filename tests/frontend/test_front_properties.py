@@ -11,9 +11,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlodsl.compiler.check import check
-from mlodsl.compiler.fmt import format_program
-from mlodsl.compiler.parse import parse
+from mlodsl.compiler.front.check import check
+from mlodsl.compiler.front.fmt import format_program
+from mlodsl.compiler.front.parse import parse
 from mlodsl.diagnostics import Diagnostic, MLOError
 
 from _front_corpus import GOOD

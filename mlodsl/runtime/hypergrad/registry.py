@@ -75,7 +75,7 @@ class HypergradRequest:
         Evaluated functionally: live parameters and buffers are not modified. With
         ``for_targets`` the caller promises to differentiate the result only with respect to
         the targets, and gets a scalar with that gradient, possibly not the loss's value: a
-        compiled loss leaves out the terms that read no target (:mod:`mlodsl.compiler.slicing`).
+        compiled loss leaves out the terms that read no target (:mod:`mlodsl.compiler.back.slicing`).
         """
         wrt = tuple(t.name for t in self.targets) if for_targets else None
         return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,

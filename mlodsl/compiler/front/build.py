@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from lark import Token, Transformer
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_lexing import MAX_DEPTH, TooDeep, token_span
+from mlodsl.compiler.front.lexing import MAX_DEPTH, TooDeep, token_span
 from mlodsl.diagnostics import Span
 
 __all__ = ["IRBuilder", "BadLiteral", "decode_string"]

@@ -19,9 +19,9 @@ import re
 from lark.exceptions import UnexpectedInput
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_build import BadLiteral, IRBuilder
-from mlodsl.compiler._front_lexing import MAX_DEPTH, PARSE_LOCK, TooDeep, get_parser
-from mlodsl.compiler._front_syntax import syntax_diagnostic
+from mlodsl.compiler.front.build import BadLiteral, IRBuilder
+from mlodsl.compiler.front.lexing import MAX_DEPTH, PARSE_LOCK, TooDeep, get_parser
+from mlodsl.compiler.front.syntax import syntax_diagnostic
 from mlodsl.diagnostics import Diagnostic, MLOError, Span
 
 __all__ = ["parse", "parse_expression", "decode_source", "MAX_SOURCE_BYTES"]
@@ -39,9 +39,8 @@ _RESUME = re.compile(r"^[ \t]*(problem|engine|let|import|from)(?![A-Za-z0-9_])",
 
 def _error(file: str, span: Span | None, message: str, hint: str | None = None,
            text: str | None = None) -> MLOError:
-    err = MLOError(Diagnostic(file, span, "error", message, hint))
-    err.sources = {file: text} if text is not None else {}
-    return err
+    return MLOError(Diagnostic(file, span, "error", message, hint),
+                    sources={file: text} if text is not None else None)
 
 
 def decode_source(source: str | bytes, filename: str = "<string>") -> str:
@@ -101,9 +100,7 @@ def _parse_once(text: str, filename: str, start: str):
 
 
 def _with_errors(diags: list[Diagnostic], filename: str, text: str) -> MLOError:
-    err = MLOError(diags)
-    err.sources = {filename: text}
-    return err
+    return MLOError(diags, sources={filename: text})
 
 
 def parse(source: str | bytes, filename: str = "<string>") -> ir.Program:

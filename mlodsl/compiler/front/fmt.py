@@ -15,7 +15,7 @@ aside), and formatting is idempotent.
 from __future__ import annotations
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.parse import parse
+from mlodsl.compiler.front.parse import parse
 
 __all__ = ["format_program", "format_ir", "format_expr"]
 

@@ -32,7 +32,7 @@ Whether a term reads a problem is read off the graph: a ``get_attr``/``call_modu
 whose target starts at the problem's module, and everything computed from one. A module that
 reaches another problem's parameters *without* the graph passing them (a closure over another
 module) would escape this; the runtime therefore checks each slice once against the full loss
-(:class:`mlodsl.compiler.plan.GraphLoss`) and falls back to the full loss if they disagree.
+(:class:`mlodsl.compiler.back.plan.GraphLoss`) and falls back to the full loss if they disagree.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from typing import Iterable
 
 import torch.fx as fx
 
-from mlodsl.compiler.fxloss import module_slot
+from mlodsl.compiler.back.loss_graph import module_slot
 
 __all__ = ["gradient_slice", "dependent_nodes"]
 

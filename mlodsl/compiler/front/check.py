@@ -24,12 +24,12 @@ from __future__ import annotations
 from typing import Iterable
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_graph import back_edges, reachable_all, reverse
-from mlodsl.compiler._front_graph import levels as _graph_levels
-from mlodsl.compiler._front_names import BUILTINS
-from mlodsl.compiler._front_settings import check_settings
-from mlodsl.compiler._front_values import UNKNOWN, check_method, check_value, literal_value
-from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS, FieldSpec
+from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS, FieldSpec
+from mlodsl.compiler.front.graph import back_edges, reachable_all, reverse
+from mlodsl.compiler.front.graph import levels as _graph_levels
+from mlodsl.compiler.front.names import BUILTINS
+from mlodsl.compiler.front.settings import check_settings
+from mlodsl.compiler.front.values import UNKNOWN, check_method, check_value, literal_value
 from mlodsl.diagnostics import Diagnostic, Span, did_you_mean
 
 __all__ = ["check", "levels", "dependency_graph", "loss_reads", "errors", "summary"]

@@ -7,7 +7,7 @@ An override replaces a piece of the program's IR before it is checked and lowere
 * ``hpo.optimizer.lr=1e-4`` - one keyword argument of a field whose value is a call;
 * ``batch=32`` - a ``let``.
 
-The value is parsed with :func:`~mlodsl.compiler.parse.parse_expression` and the whole program
+The value is parsed with :func:`~mlodsl.compiler.front.parse.parse_expression` and the whole program
 is checked again, so a bad override gets the same diagnostics as bad source; they point into
 the override's own text (labelled ``--set TARGET``).
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.fields import ENGINE_FIELDS, PROBLEM_FIELDS
-from mlodsl.compiler.interpret import SourceMap
-from mlodsl.compiler.parse import parse_expression
+from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS
+from mlodsl.compiler.front.parse import parse_expression
+from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
 
 __all__ = ["Override", "parse_override", "override_from_value", "apply_overrides",
@@ -55,9 +55,7 @@ class Override:
 
 def _error(label: str, text: str, span: Span | None, message: str,
            hint: str | None = None) -> MLOError:
-    err = MLOError(Diagnostic(label, span, "error", message, hint))
-    err.sources = {label: text}
-    return err
+    return MLOError(Diagnostic(label, span, "error", message, hint), sources={label: text})
 
 
 def parse_override(text: str, label: str | None = None) -> Override:
@@ -76,7 +74,7 @@ def parse_override(text: str, label: str | None = None) -> Override:
     try:
         value = parse_expression(blanked, label)
     except MLOError as err:
-        err.sources = {label: text}
+        err.sources = {label: text}  # the override's whole text, not the blanked one
         raise
     return Override(target, value, label, text)
 
@@ -185,8 +183,7 @@ def _apply(program: ir.Program, o: Override, sources: SourceMap) -> ir.Program:
 
 
 def _with_sources(err: MLOError, sources: SourceMap) -> MLOError:
-    err.sources = {**sources.sources, **getattr(err, "sources", {})}
-    return err
+    return err.add_sources(sources.sources)
 
 
 def relocate(diagnostics: Iterable[Diagnostic], before: Iterable[Diagnostic], program_file: str,

@@ -3,7 +3,7 @@
 ``mlodsl check`` must answer in well under half a second, and importing networkx alone
 costs about a quarter of a second, so the checker runs these few iterative algorithms on a
 plain adjacency dict ``{node: [successor, ...]}`` (source order kept, so diagnostics are
-deterministic). :func:`mlodsl.compiler.check.dependency_graph` builds the networkx graph
+deterministic). :func:`mlodsl.compiler.front.check.dependency_graph` builds the networkx graph
 for later stages, and the tests check these functions against networkx.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_values import UNKNOWN, literal_value
+from mlodsl.compiler.front.values import UNKNOWN, literal_value
 from mlodsl.diagnostics import did_you_mean
 from mlodsl.methods import (CONFIG_SETTINGS, EXTRA_METHOD_FIELDS, METHODS, SETTING_ALIASES,
                             BadMethodArgument)
@@ -57,7 +57,7 @@ def _method_name(expr: ir.Expr | None) -> str | None:
 
 
 def _show(expr: ir.Expr) -> str:
-    from mlodsl.compiler.fmt import format_expr
+    from mlodsl.compiler.front.fmt import format_expr
     return format_expr(expr)
 
 
@@ -153,7 +153,7 @@ def _check_against_edges(p, problems, seen, values, error, warning) -> None:
 
 def _warn_disagreement(upper: ir.Problem, lower: ir.Problem, seen, values, warning) -> None:
     """Both headers set an edge setting differently: the lower's wins (Betty's rule)."""
-    from mlodsl.compiler._front_values import literal_value as lit
+    from mlodsl.compiler.front.values import literal_value as lit
     for n, s in seen.items():
         if CONFIG_SETTINGS[n].role not in ("edge", "method") or n == "first_order":
             continue

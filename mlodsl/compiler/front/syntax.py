@@ -9,7 +9,7 @@ from __future__ import annotations
 from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from mlodsl.compiler._front_lexing import token_span
+from mlodsl.compiler.front.lexing import token_span
 from mlodsl.diagnostics import Diagnostic, Span
 
 __all__ = ["syntax_diagnostic"]

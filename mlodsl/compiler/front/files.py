@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from mlodsl.compiler.parse import MAX_SOURCE_BYTES
+from mlodsl.compiler.front.parse import MAX_SOURCE_BYTES
 from mlodsl.diagnostics import Diagnostic, Span
 
 __all__ = ["read_source"]

@@ -91,7 +91,7 @@ _POSTLEX: MloPostLex | None = None
 
 def grammar_path() -> Path:
     """Where ``mlo.lark`` lives."""
-    return Path(__file__).resolve().parent.parent / "grammar" / "mlo.lark"
+    return Path(__file__).resolve().parents[2] / "grammar" / "mlo.lark"
 
 
 def get_parser(transformer) -> tuple[Lark, MloPostLex]:

@@ -27,8 +27,9 @@ import sys
 from typing import Any, Iterator, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_names import HELPERS, OPTIMIZERS, PYTHON_BUILTINS, SCHEDULERS
-from mlodsl.compiler.interpret import SourceMap, describe_exception, user_frame
+from mlodsl.compiler.back.interpret import describe_exception, user_frame
+from mlodsl.compiler.front.names import HELPERS, OPTIMIZERS, PYTHON_BUILTINS, SCHEDULERS
+from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import MLOError, did_you_mean
 from mlodsl.methods import METHODS, BadMethodArgument
 
@@ -135,9 +136,7 @@ def resolve_imports(program: ir.Program, sources: SourceMap,
         except MLOError as err:
             errors.extend(err.diagnostics)
     if errors:
-        err = MLOError(errors)
-        err.sources = dict(sources.sources)
-        raise err
+        raise MLOError(errors, sources=sources.sources)
     bound.update(namespace)
     return bound
 

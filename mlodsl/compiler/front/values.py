@@ -10,7 +10,7 @@ import re
 from typing import Callable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.fields import FieldSpec
+from mlodsl.compiler.front.fields import FieldSpec
 from mlodsl.diagnostics import did_you_mean
 from mlodsl.methods import METHODS, BadMethodArgument
 

@@ -14,12 +14,13 @@
 * :meth:`~Interpreter.error` - build the :class:`~mlodsl.diagnostics.MLOError` for a node.
 
 Names are looked up in a :class:`Scope` (LANGUAGE.md section 8: batch names, problems, lets,
-imports, built-ins). :class:`SourceMap` says which file (the program or a ``--set`` override)
-each node came from, so that every diagnostic points at the right text.
+imports, built-ins). A :class:`~mlodsl.compiler.front.sources.SourceMap` says which file (the
+program or a ``--set`` override) each node came from, so that every diagnostic points at the
+right text.
 
 Example::
 
-    >>> from mlodsl.compiler.parse import parse_expression
+    >>> from mlodsl.compiler.front.parse import parse_expression
     >>> Interpreter(Scope({"n": 3})).run(parse_expression("[n * 2, -n]"))
     [6, -3]
 """
@@ -31,9 +32,10 @@ import traceback
 from typing import Any, Callable, Iterable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
+from mlodsl.compiler.front.sources import SourceMap
+from mlodsl.diagnostics import MLOError, Span, did_you_mean
 
-__all__ = ["Scope", "SourceMap", "Interpreter", "BINARY_OPS", "UNARY_OPS", "is_dunder", "summarize",
+__all__ = ["Scope", "Interpreter", "BINARY_OPS", "UNARY_OPS", "is_dunder", "summarize",
            "user_frame", "describe_exception"]
 
 BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -42,7 +44,8 @@ BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
 }
 UNARY_OPS: dict[str, Callable[[Any], Any]] = {"-": operator.neg, "+": operator.pos}
 
-_MLODSL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# mlodsl/ (this file is mlodsl/compiler/back/interpret.py)
+_MLODSL_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def is_dunder(name: str) -> bool:
@@ -77,51 +80,6 @@ def describe_exception(err: BaseException) -> str:
     """``TypeName: message`` on one line (the first line of the message)."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-class SourceMap:
-    """Where nodes come from: the program's file, or the text of an override.
-
-    ``sources`` maps file labels to their text (for rendering carets); nodes registered with
-    :meth:`add` belong to another label than ``default``.
-    """
-
-    def __init__(self, default: str, text: str | None = None):
-        self.default = default
-        self.sources: dict[str, str] = {default: text} if text is not None else {}
-        self._files: dict[int, str] = {}
-        self._keep: list = []  # keep registered nodes alive: ids must stay unique
-
-    def add(self, node: Any, file: str, text: str) -> None:
-        """Record that ``node`` and every expression under it come from ``file``."""
-        self.sources[file] = text
-        self._keep.append(node)
-        exprs = ir.iter_expr(node) if not isinstance(node, (ir.Field, ir.Keyword, ir.Let)) \
-            else ir.iter_expr(node.value)
-        for n in exprs:
-            self._files[id(n)] = file
-        self._files[id(node)] = file
-
-    def file_of(self, node: Any) -> str:
-        """The label of the file ``node`` comes from."""
-        return self._files.get(id(node), self.default)
-
-    def error(self, node: Any, message: str, hint: str | None = None, *,
-              kind: str = "program", span: Span | None = None) -> MLOError:
-        """An MLOError at ``node`` (or ``span``), with this map's sources for rendering."""
-        where = span if span is not None else getattr(node, "span", None)
-        if where == ir.NO_SPAN:
-            where = None
-        err = MLOError(Diagnostic(self.file_of(node), where, "error", message, hint), kind=kind)
-        err.sources = dict(self.sources)
-        return err
-
-    def diagnostic(self, node: Any, message: str, hint: str | None = None,
-                   severity: str = "warning") -> Diagnostic:
-        """A diagnostic (a warning by default) at ``node``."""
-        where = getattr(node, "span", None)
-        return Diagnostic(self.file_of(node), None if where == ir.NO_SPAN else where,
-                          severity, message, hint)
 
 
 class Scope:

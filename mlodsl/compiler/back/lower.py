@@ -1,9 +1,9 @@
-"""Lowering a checked program to an :class:`~mlodsl.compiler.plan.ExecutionPlan`.
+"""Lowering a checked program to an :class:`~mlodsl.compiler.back.plan.ExecutionPlan`.
 
 The order of work, which is also the order in which user code runs (docs/language.md, "How
 programs run"):
 
-1. imports (:mod:`~mlodsl.compiler.resolve`), with the program's folder on the path;
+1. imports (:mod:`~mlodsl.compiler.back.resolve`), with the program's folder on the path;
 2. seeding: with ``engine.seed = s``, Python's, numpy's and torch's generators are seeded
    with ``s`` (before any ``let`` or field is evaluated);
 3. ``let`` values, in source order;
@@ -30,16 +30,24 @@ import torch
 from torch import nn
 
 from mlodsl.compiler import ir
-from mlodsl.compiler._front_values import literal_value
-from mlodsl.compiler.check import dependency_graph, levels as program_levels
-from mlodsl.compiler.fxloss import build_loss_graph, graph_reads, traced_reads
-from mlodsl.compiler.interpret import Interpreter, Scope, SourceMap, describe_exception
-from mlodsl.compiler.plan import (CallableLoss, CompiledProblem, ExecutionPlan, GraphLoss,
-                                  LossInfo, PlannedEdge)
-from mlodsl.compiler.resolve import (MethodChoice, builtin_names, on_path, resolve_imports,
-                                     search_path)
+from mlodsl.compiler.back.adapters import CallableLoss, CompiledProblem, GraphLoss
+from mlodsl.compiler.back.interpret import Interpreter, Scope, describe_exception
+from mlodsl.compiler.back.loss_graph import build_loss_graph, graph_reads
+from mlodsl.compiler.back.plan import ExecutionPlan, LossInfo, PlannedEdge
+from mlodsl.compiler.back.resolve import (
+    MethodChoice,
+    builtin_names,
+    on_path,
+    resolve_imports,
+    search_path,
+)
+from mlodsl.compiler.back.tracing import traced_reads
+from mlodsl.compiler.front.check import dependency_graph
+from mlodsl.compiler.front.check import levels as program_levels
+from mlodsl.compiler.front.sources import SourceMap
+from mlodsl.compiler.front.values import literal_value
 from mlodsl.diagnostics import MLOError
-from mlodsl.compiler._front_settings import canonical
+from mlodsl.compiler.front.settings import canonical
 from mlodsl.methods import CONFIG_SETTINGS, METHODS, BadMethodArgument, method_field
 from mlodsl.runtime.config import Config, edge_settings
 

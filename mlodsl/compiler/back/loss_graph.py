@@ -1,6 +1,6 @@
-"""Losses as ``torch.fx`` graphs: built from ``loss(...) = expr``, or traced from a callable.
+"""Losses as ``torch.fx`` graphs, built from ``loss(...) = expr``.
 
-**Expression losses.** :func:`build_loss_graph` lowers the IR of ``loss(x, y) = expr`` to a
+:func:`build_loss_graph` lowers the IR of ``loss(x, y) = expr`` to a
 ``torch.fx.GraphModule`` whose root holds every problem's module as a submodule named after
 the problem (the same module objects, so the runtime's functional parameter substitution
 reaches them). The nodes:
@@ -18,9 +18,7 @@ graph is built (``F.cross_entropy`` is the function itself; ``digits(split="val"
 set). Each node's ``meta["mlo_span"]`` is its position in the ``.mlo`` file: an exception
 inside the graph is reported there (:func:`locate_failure`).
 
-**Callable losses.** :func:`traced_reads` runs ``f(problems, batch)`` under
-``make_fx`` as a function of every problem's parameters (substituted functionally, as the
-runtime does) and returns the problems whose parameters the loss actually uses.
+Callable losses (``loss = f``) are not built but traced: see :mod:`mlodsl.compiler.back.tracing`.
 """
 from __future__ import annotations
 
@@ -34,10 +32,9 @@ import torch.fx as fx
 from torch import nn
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.interpret import BINARY_OPS, UNARY_OPS, Interpreter, is_dunder
+from mlodsl.compiler.back.interpret import BINARY_OPS, UNARY_OPS, Interpreter, is_dunder
 
-__all__ = ["build_loss_graph", "graph_reads", "locate_failure", "traced_reads",
-           "unpack_batch"]
+__all__ = ["build_loss_graph", "graph_reads", "locate_failure", "module_slot", "unpack_batch"]
 
 _LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
 
@@ -304,53 +301,3 @@ def unpack_batch(batch: Any, names: Sequence[str]) -> list[Any]:
         raise ValueError(f"the loss names {len(names)} parts of the batch "
                          f"({', '.join(names)}), but a batch has {len(batch)}")
     return list(batch)
-
-
-def traced_reads(fn: Any, problems: Mapping[str, Any], batch: Any) -> list[str]:
-    """The problems whose parameters ``fn(problems, batch)`` reads, by tracing it with fx.
-
-    ``problems`` maps names to runtime ``Problem`` objects. The loss is traced with
-    ``make_fx`` as a function of every problem's trainable parameters, substituted in the
-    modules with :func:`mlodsl.runtime.functional.substitute` (buffers protected, so tracing
-    changes no running statistic); a parameter placeholder with a user is a read.
-    """
-    from types import SimpleNamespace
-
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from mlodsl.runtime.functional import ModuleView, substitute
-
-    names = list(problems)
-    keys = {n: [k for k, p in problems[n].module.named_parameters() if p.requires_grad]
-            for n in names}
-    flat = [p.detach() for n in names for k, p in problems[n].module.named_parameters()
-            if p.requires_grad]
-    spaces = SimpleNamespace(**problems)
-
-    def run(params, batch):
-        views, i = [], 0
-        for n in names:
-            mapping = dict(zip(keys[n], params[i:i + len(keys[n])]))
-            i += len(keys[n])
-            views.append((problems[n].module, ModuleView(mapping, protect_buffers=True)))
-        with substitute(views):
-            out = fn(spaces, batch)
-        if isinstance(out, Mapping):
-            out = out["loss"]
-        return out
-
-    rng = torch.get_rng_state()
-    try:
-        gm = make_fx(run)(flat, batch)
-    finally:
-        torch.set_rng_state(rng)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][:len(flat)]
-    reads, i = [], 0
-    for n in names:
-        mine = placeholders[i:i + len(keys[n])]
-        i += len(keys[n])
-        if any(len(p.users) for p in mine):
-            reads.append(n)
-    return reads
-
-
