@@ -258,7 +258,8 @@ CONFIG_SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("retain_graph", bool, False, doc="accepted for Betty; mlodsl keeps what it needs"),
     Setting("allow_unused", bool, True, doc="accepted for Betty; unused gradients are zero"),
     Setting("gradient_accumulation", int, 1, minimum=1, field="grad_accum",
-            doc="batches whose gradients are accumulated per step"),
+            doc="Betty's: one batch per step, an update every k-th step (the field "
+            "grad_accum instead takes k batches in one step)"),
     Setting("gradient_clipping", float, 0.0, minimum=0.0, field="grad_clip",
             doc="max gradient norm (0: no clipping)"),
     Setting("precision", str, "fp32", choices=("fp32", "fp16", "bf16"),

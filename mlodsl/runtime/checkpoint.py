@@ -77,8 +77,8 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------- engine state
 
 def can_checkpoint(engine) -> bool:
-    """Whether the engine is between unrolled windows (no fast weights pending)."""
-    return all(p._fast is None for p in engine.problems.values())
+    """Whether the engine is between unrolled windows and between accumulated updates."""
+    return all(p._fast is None and not p.has_pending_gradients for p in engine.problems.values())
 
 
 def _local_state(engine) -> dict:

@@ -48,7 +48,7 @@ from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
 from mlodsl.runtime.problem_list import ProblemList
 from mlodsl.runtime.schedule import Schedule, ScheduleEdge
-from mlodsl.runtime.stepping import end_unroll_window, take_step
+from mlodsl.runtime.stepping import end_unroll_window, steps_per_update, take_step
 
 __all__ = ["Engine", "EdgeSpec"]
 
@@ -92,7 +92,11 @@ def _edges_from_configs(problems, hierarchy: nx.DiGraph) -> list[EdgeSpec]:
                                  upper_has_uppers=hierarchy.in_degree(upper) > 0)
         for message in settings.conflict_messages(upper, lower):
             warnings.warn(message, ConfigConflictWarning, stacklevel=3)
-        edges.append(EdgeSpec(upper, lower, settings.method, settings.args, settings.every,
+        # Betty: uppers step after unroll_steps *updates* of the lower, i.e. unroll_steps
+        # times its gradient_accumulation steps.
+        unrolled = settings.method == "unroll" or problems[lower].iterative
+        every = settings.every * steps_per_update(problems[lower], unrolled)
+        edges.append(EdgeSpec(upper, lower, settings.method, settings.args, every,
                               settings.warmup))
     return edges
 

@@ -82,6 +82,7 @@ class Problem:
         self._leaf = False
         self._declared_parents: list[Problem] = []
         self._declared_children: list[Problem] = []
+        self._accumulated: list[torch.Tensor] | None = None  # gradients awaiting an update
 
     # -- Betty-style hooks -------------------------------------------------------------------
     def configure_module(self) -> nn.Module | None:
@@ -350,13 +351,32 @@ class Problem:
 
     def end_step(self, has_uppers: bool) -> None:
         """Called by the engine after each step (a problem without uppers closes its own loop
-        every ``config.unroll_steps`` steps)."""
-        if not has_uppers and self._count % max(self._config.unroll_steps, 1) == 0:
+        every ``config.unroll_steps`` updates)."""
+        accumulation = 1 if getattr(self, "grad_accum", None) else \
+            self._config.gradient_accumulation  # Betty's: steps per update
+        if not has_uppers and self._count % max(self._config.unroll_steps * accumulation, 1) == 0:
             self._inner_loop_start = True
 
     def upper_stepped(self) -> None:
         """Called by the engine when an upper has stepped on this problem: a new inner loop."""
         self._inner_loop_start = True
+
+    def accumulate_gradients(self, grads: list[torch.Tensor], update: bool
+                             ) -> list[torch.Tensor] | None:
+        """Add ``grads`` to the gradients kept since the last update (Betty's accumulation).
+
+        Returns the sum when ``update`` (and forgets it), else None.
+        """
+        grads = [g.detach() for g in grads]
+        kept = self._accumulated
+        total = grads if kept is None else [a + b for a, b in zip(kept, grads)]
+        self._accumulated = None if update else total
+        return total if update else None
+
+    @property
+    def has_pending_gradients(self) -> bool:
+        """Whether gradients are being accumulated towards an update that has not happened."""
+        return self._accumulated is not None
 
     def state_dict(self) -> dict:
         """The problem's state: ``module`` and ``optimizer``, and ``scheduler`` when it has one."""

@@ -25,13 +25,35 @@ from mlodsl.diagnostics import MLOError
 from mlodsl.runtime.hypergrad.chain import total_gradient
 from mlodsl.runtime.problem import call_param_callback
 
-__all__ = ["take_step", "end_unroll_window"]
+__all__ = ["take_step", "end_unroll_window", "steps_per_update"]
+
+
+def steps_per_update(problem, unrolled: bool) -> int:
+    """How many of ``problem``'s steps make one optimizer update (Betty's accumulation).
+
+    ``Config(gradient_accumulation=k)`` means what it means in Betty: each step takes one
+    batch and adds its gradient (divided by ``k``), and every ``k``-th step updates the
+    parameters. A compiled problem's ``grad_accum`` field instead accumulates ``k`` batches
+    within one step (as do unrolled steps, which are differentiated through): 1 here.
+    """
+    if getattr(problem, "grad_accum", None) or unrolled:
+        return 1
+    return max(int(problem.config.gradient_accumulation), 1)
+
+
+def _batches_per_step(problem, unrolled: bool) -> int:
+    """Batches one step takes: ``grad_accum`` (or, unrolled, ``gradient_accumulation``)."""
+    own = getattr(problem, "grad_accum", None)
+    if own:
+        return max(int(own), 1)
+    return max(int(problem.config.gradient_accumulation), 1) if unrolled else 1
 
 
 def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     """Take one optimization step of ``problem``; return its (last) loss, not detached."""
-    accum = max(int(getattr(problem, "grad_accum", None) or problem.config.gradient_accumulation), 1)
     differentiable = engine.is_unrolled(problem.name)
+    accum = _batches_per_step(problem, differentiable)
+    per_update = steps_per_update(problem, differentiable)
     first_order = False
     if differentiable:  # unroll's options: first-order steps, activation checkpointing
         from mlodsl.runtime.hypergrad.unroll import take_checkpointed_step, unroll_settings
@@ -55,6 +77,11 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     problem.last_loss = loss.detach()  # for logging: holding the graph would keep its tape
     problem.last_metrics = metrics
     problem._count += 1
+    if per_update > 1:  # Betty's accumulation across steps: update every per_update-th step
+        total = problem.accumulate_gradients([g / per_update for g in total],
+                                             problem._count % per_update == 0)
+        if total is None:
+            return loss
 
     if differentiable:
         _differentiable_update(engine, problem, total, loss)

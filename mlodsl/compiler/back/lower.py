@@ -482,6 +482,13 @@ class _Lowering:
                     every, every_source = rule.every, origin("unroll_steps")
                 else:
                     every, every_source = 1, "default"
+                # The lower's header gradient_accumulation (Betty's: one update every k of its
+                # steps) makes an unroll of N updates N * k steps, as on the Python route.
+                updates = configs[e.target].gradient_accumulation
+                if e.every is None and updates > 1 and choice.name != "unroll" and \
+                        self.program.problem(e.target).field("grad_accum") is None:
+                    every *= updates
+                    every_source += f" x gradient_accumulation of '{e.target}'"
                 warmup_source = (origin("warmup_steps") if rule.sources["warmup_steps"] != "default"
                                  else "default")
                 out.append(PlannedEdge(p.name, e.target, every, choice.name,

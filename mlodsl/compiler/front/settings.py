@@ -179,6 +179,10 @@ def _check_against_fields(p, seen, values, lets, error) -> None:
         if s is None or f is None:
             continue
         theirs = literal_value(f.value, lets)
-        if n not in values or theirs is UNKNOWN or theirs != values[n]:
+        if n == "gradient_accumulation":
+            error(s.name_span, f"'{p.name}' sets both the header's '{s.name}' and the field "
+                  f"'{field_name}' (line {f.name_span.line})", "the header's accumulates over "
+                  "successive steps (Betty's Config), the field within one step: keep one")
+        elif n not in values or theirs is UNKNOWN or theirs != values[n]:
             error(s.name_span, f"'{p.name}' sets both the header's '{s.name}' and the field "
                   f"'{field_name}' (line {f.name_span.line})", "they mean the same: keep one")
