@@ -305,6 +305,8 @@ class Problem:
             raise MLOError(f"problem '{self._name}' has no optimizer: pass optimizer=... or "
                            "define configure_optimizer()")
         _move_optimizer_state(self.optimizer, self.device)
+        if callable(getattr(type(self), "param_groups", None)):
+            self._use_param_groups()
         if self.scheduler is None:
             self.scheduler = self.configure_scheduler()
         if self.train_data_loader is None:
@@ -319,6 +321,22 @@ class Problem:
             self.env = engine.env
         if not self.trainable_parameters():
             raise MLOError(f"problem '{self._name}': its module has no trainable parameters")
+
+    def _use_param_groups(self) -> None:
+        """Betty's ``param_groups()`` hook: the optimizer is rebuilt over the groups it returns.
+
+        Same class, same defaults (the optimizer's constructor arguments), per-group options
+        from the hook; a scheduler given to the constructor follows it to the new optimizer.
+        """
+        groups = self.param_groups()
+        try:
+            optimizer = type(self.optimizer)(groups, **self.optimizer.defaults)
+        except Exception as err:  # noqa: BLE001 - the user's groups: say where it came from
+            raise MLOError(f"problem '{self._name}': could not rebuild the optimizer from "
+                           f"param_groups(): {err}") from None
+        old, self.optimizer = self.optimizer, optimizer
+        if self.scheduler is not None:
+            self.scheduler = _rebind_scheduler(self._name, self.scheduler, old, optimizer)
 
     # -- data ------------------------------------------------------------------------------------
     def _overrides(self, hook: str) -> bool:
@@ -447,6 +465,32 @@ def _takes_params(cls: type) -> bool:
                         for p in params)
         _TAKES_PARAMS[cls] = known
     return known
+
+
+def _rebind_scheduler(name: str, scheduler: Any, old, optimizer) -> Any:
+    """A scheduler like ``scheduler`` (same class, same settings) over ``optimizer``."""
+    import inspect
+    if getattr(scheduler, "optimizer", None) is not old:
+        return scheduler  # not bound to the replaced optimizer: leave it alone
+    kwargs = {}
+    try:
+        for key, param in inspect.signature(type(scheduler).__init__).parameters.items():
+            if key == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if key == "optimizer":
+                kwargs[key] = optimizer
+            elif key == "last_epoch":
+                kwargs[key] = scheduler.last_epoch - 1
+            elif key == "lr_lambda" and hasattr(scheduler, "lr_lambdas"):
+                kwargs[key] = scheduler.lr_lambdas
+            elif hasattr(scheduler, key):
+                kwargs[key] = getattr(scheduler, key)
+        return type(scheduler)(**kwargs)
+    except Exception as err:  # noqa: BLE001
+        raise MLOError(f"problem '{name}': its scheduler could not follow the optimizer "
+                       f"rebuilt from param_groups() ({err})",
+                       hint="build the scheduler in configure_scheduler(), which runs after "
+                       "the optimizer is rebuilt") from None
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

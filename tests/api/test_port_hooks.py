@@ -221,3 +221,31 @@ def test_higher_iterative_problem_is_an_iterative_problem_unrolled_by_default():
     assert engine.edges[("meta", "learner")].method == "unroll"
     engine.run()
     assert meta.count == 1 and mm.w.item() != 1.0
+
+
+class Grouped(ImplicitProblem):
+    """Betty's param_groups() hook: per-group learning rates for one optimizer."""
+
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.module(x), y)
+
+    def param_groups(self):
+        return [{"params": [self.module.weight], "lr": 0.0},
+                {"params": [self.module.bias], "lr": 0.5}]
+
+    def configure_scheduler(self):
+        return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.5)
+
+
+def test_param_groups_rebuilds_the_optimizer_over_the_groups():
+    torch.manual_seed(0)
+    module = torch.nn.Linear(2, 1)
+    weight = module.weight.detach().clone()
+    bias = module.bias.detach().clone()
+    p = Grouped(name="p", module=module, optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+                train_data_loader=[(X, Y)])
+    Engine([p], EngineConfig(train_iters=2)).run()
+    assert [g["lr"] for g in p.optimizer.param_groups] == [0.0, 0.125]  # the scheduler follows
+    assert torch.equal(module.weight.detach(), weight)  # lr 0: untouched
+    assert not torch.equal(module.bias.detach(), bias)
