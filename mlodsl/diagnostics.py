@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 __all__ = [
@@ -39,11 +39,6 @@ class Span:
     column: int = 1
     end_line: int = 1
     end_column: int = 2
-
-    @staticmethod
-    def point(line: int, column: int) -> "Span":
-        """A one-character span at ``line:column``."""
-        return Span(line, column, line, column + 1)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Argument", "MethodSignature", "METHODS", "method_names", "BadMethodArgument",
-           "Setting", "CONFIG_SETTINGS", "SETTING_ALIASES", "method_field"]
+__all__ = ["Argument", "MethodSignature", "METHODS", "BadMethodArgument", "method_field",
+           "EXTRA_METHOD_FIELDS"]
 
 
 class BadMethodArgument(ValueError):
@@ -74,7 +74,6 @@ class MethodSignature:
     name: str
     arguments: tuple[Argument, ...] = ()
     summary: str = ""
-    implicit: bool = True  # False for methods that do not assume the lower is at its optimum
     positional: bool = False  # whether positional arguments are allowed (in declaration order)
 
     def argument(self, name: str) -> Argument | None:
@@ -148,14 +147,12 @@ METHODS: dict[str, MethodSignature] = {
              Argument("checkpoint", bool, False,
                       doc="recompute the unrolled steps in backward instead of storing them")),
             "iterative differentiation through the lower's last `every` steps",
-            implicit=False,
         ),
         MethodSignature(
             "reinforce",
             (Argument("baseline_decay", float, 0.9, minimum=0.0, maximum=1.0,
                       doc="decay of the running-mean reward baseline"),),
             "score-function estimator for uppers that reach the lower by sampling",
-            implicit=False,
         ),
         MethodSignature(
             "sama",
@@ -166,135 +163,23 @@ METHODS: dict[str, MethodSignature] = {
             "first_order",
             (),
             "ignore the implicit term: only the direct gradient of the upper's loss",
-            implicit=False,
         ),
     ]
 }
 
 
-def method_names() -> list[str]:
-    """The names of every registered hypergradient method."""
-    return list(METHODS)
-
-
-# ----------------------------------------------------------------------------- Config settings
-
-@dataclass(frozen=True)
-class Setting:
-    """One field of the Python API's per-problem ``Config`` (Betty 0.2.1's vocabulary).
-
-    The same table checks ``Config(...)`` in Python and the ``problem P <key=value, ...>``
-    header of a ``.mlo`` program, so a setting means one thing on both routes.
-
-    ``role`` says what the setting governs: ``"edge"`` (the method, unroll length or warm-up of
-    the edges between the problem and its uppers/lowers), ``"method"`` (an argument of one
-    hypergradient method, see :attr:`Argument.config_field`), or ``"step"`` (how the problem
-    itself steps: clipping, accumulation, precision, logging). ``field`` names the ``.mlo``
-    problem field with the same meaning, if any (a header and that field must agree).
-    """
-
-    name: str
-    type: type
-    default: Any
-    role: str = "step"
-    minimum: float | None = None
-    choices: tuple = ()
-    field: str | None = None
-    doc: str = ""
-    exclusive_minimum: bool = False
-    maximum: float | None = None
-
-    def validate(self, value: Any) -> Any:
-        """Return ``value`` converted to the setting's type, or raise BadMethodArgument."""
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        ok = isinstance(value, bool) if self.type is bool else (
-            isinstance(value, self.type) and not isinstance(value, bool))
-        if not ok:
-            raise BadMethodArgument(f"'{self.name}' must be {self.type.__name__}, got {value!r}",
-                                    self.name)
-        if self.choices and value not in self.choices:
-            from mlodsl.diagnostics import did_you_mean
-            options = ", ".join(repr(c) for c in self.choices)
-            what = (f"unknown hypergradient method {value!r} (methods: {options})"
-                    if self.name == "type" else f"'{self.name}' must be one of {options}, "
-                    f"got {value!r}")
-            raise BadMethodArgument(what,
-                                    self.name, did_you_mean(str(value), [str(c) for c in
-                                                                         self.choices]))
-        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum
-                                         else value < self.minimum):
-            rel = ">" if self.exclusive_minimum else ">="
-            raise BadMethodArgument(f"'{self.name}' must be {rel} {self.minimum}, got {value!r}",
-                                    self.name)
-        if self.maximum is not None and value > self.maximum:
-            raise BadMethodArgument(f"'{self.name}' must be <= {self.maximum}, got {value!r}",
-                                    self.name)
-        return value
-
-
-def _method_knobs() -> list[Setting]:
-    """The settings that are arguments of a method (``darts_alpha``, ``cg_iterations``, ...)."""
-    out = []
-    for sig in METHODS.values():
-        for arg in sig.arguments:
-            if arg.config_field and arg.config_field != "first_order":
-                out.append(Setting(arg.config_field, arg.type, arg.default, "method", arg.minimum,
-                                   doc=f"{sig.name}(): {arg.doc}",
-                                   exclusive_minimum=arg.exclusive_minimum,
-                                   maximum=arg.maximum))
-    return out
-
-
-#: Every ``Config`` field, in Betty's order, then mlodsl's extensions. ``step`` is accepted as
-#: an alias of ``unroll_steps`` (the seed's spelling): :data:`SETTING_ALIASES`.
-CONFIG_SETTINGS: dict[str, Setting] = {s.name: s for s in [
-    Setting("type", str, "darts", "edge", choices=tuple(METHODS),
-            doc="hypergradient method of the edges between this problem and its lowers/uppers"),
-    Setting("unroll_steps", int, 1, "edge", minimum=1,
-            doc="the lower's steps per step of the upper (the edge's `every`)"),
-    Setting("first_order", bool, True, "edge",
-            doc="unroll: drop second-order terms through the unrolled steps"),
-    Setting("retain_graph", bool, False, doc="accepted for Betty; mlodsl keeps what it needs"),
-    Setting("allow_unused", bool, True, doc="accepted for Betty; unused gradients are zero"),
-    Setting("gradient_accumulation", int, 1, minimum=1, field="grad_accum",
-            doc="Betty's: one batch per step, an update every k-th step (the field "
-            "grad_accum instead takes k batches in one step)"),
-    Setting("gradient_clipping", float, 0.0, minimum=0.0, field="grad_clip",
-            doc="max gradient norm (0: no clipping)"),
-    Setting("precision", str, "fp32", choices=("fp32", "fp16", "bf16"),
-            doc="the problem's autocast precision"),
-    Setting("initial_dynamic_scale", float, 4096.0, minimum=0.0, doc="fp16 loss scale at start"),
-    Setting("scale_factor", float, 2.0, minimum=1.0, doc="fp16 loss-scale growth factor"),
-    Setting("warmup_steps", int, 0, "edge", minimum=0,
-            doc="the lower's first steps that do not count towards the upper's quota"),
-    Setting("log_step", int, -1, field="log_every", doc="log every N steps (-1: never)"),
-    Setting("log_local_step", bool, False, doc="accepted for Betty (log by local step)"),
-    *[s for s in _method_knobs() if s.name in ("darts_alpha",)],
-    Setting("darts_multitask", bool, False, doc="accepted for Betty"),
-    *[s for s in _method_knobs() if s.name in ("sama_adam_alpha",)],
-    Setting("sama_multitask", bool, False, doc="accepted for Betty"),
-    *[s for s in _method_knobs() if s.name in ("neumann_iterations", "neumann_alpha",
-                                               "cg_iterations", "cg_alpha")],
-    # mlodsl extensions
-    Setting("cg_tol", float, 0.0, "method", minimum=0.0, doc="cg(): relative residual tolerance"),
-    Setting("unroll_checkpoint", bool, False, "method",
-            doc="unroll(): recompute the unrolled steps in backward"),
-    Setting("reinforce_baseline_decay", float, 0.9, "method", minimum=0.0, maximum=1.0,
-            doc="reinforce(): decay of the reward baseline"),
-]}
-
-#: Other spellings of settings: the seed's ``step`` for ``unroll_steps``.
-SETTING_ALIASES: dict[str, str] = {"step": "unroll_steps"}
-
-#: The ``Config`` fields that are method arguments without Betty's ``<method>_`` prefix.
+#: The ``Config`` fields that set method arguments without Betty's ``<method>_`` spelling.
 EXTRA_METHOD_FIELDS: dict[str, dict[str, str]] = {
     "cg": {"tol": "cg_tol"}, "unroll": {"checkpoint": "unroll_checkpoint"},
     "reinforce": {"baseline_decay": "reinforce_baseline_decay"}}
 
 
 def method_field(method: str, argument: str) -> str | None:
-    """The ``Config`` field that sets ``method``'s ``argument`` (None when there is none)."""
+    """The ``Config`` field that sets ``method``'s ``argument`` (None when there is none).
+
+    >>> method_field("neumann", "iterations"), method_field("cg", "tol")
+    ('neumann_iterations', 'cg_tol')
+    """
     arg = METHODS[method].argument(argument)
     if arg is not None and arg.config_field:
         return arg.config_field

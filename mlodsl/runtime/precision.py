@@ -45,11 +45,6 @@ class Precision:
                 if scaler.is_enabled():
                     self.scalers[name] = scaler
 
-    @property
-    def active(self) -> bool:
-        """Whether any problem runs in reduced precision."""
-        return any(m != "fp32" for m in self.modes.values())
-
     def autocast(self, problem: Any):
         """The autocast context for evaluating ``problem``'s loss (a no-op for fp32)."""
         mode = self.modes.get(problem.name, "fp32")

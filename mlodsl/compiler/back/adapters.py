@@ -109,7 +109,8 @@ _NOT_COMPILED = object()
 
 
 class CallableLoss:
-    """A problem's loss from ``loss = f``: ``f(problems, batch)``, ``problems.NAME`` each problem."""
+    """A problem's loss from ``loss = f``: ``f(problems, batch)``, ``problems.NAME`` each
+    problem."""
 
     def __init__(self, problem: str, field_: ir.Field, fn: Callable, problems: Any,
                  sources: SourceMap):
@@ -144,7 +145,7 @@ class CompiledProblem(ImplicitProblem):
     @property
     def compiles(self) -> bool:
         """Whether this problem's first-order loss evaluations go through torch.compile."""
-        engine = getattr(self, "_engine", None)
+        engine = self.engine
         return bool(engine is not None and engine.config.compile
                     and isinstance(self.loss_fn, GraphLoss))
 
@@ -201,7 +202,7 @@ class PlanEngine(Engine):
     def _default_metrics(self, stats: dict) -> None:
         """Early stopping and ReduceLROnPlateau watch the only metric when none was named."""
         only = next(iter(stats)) if len(stats) == 1 else None
-        named = "early_stopping_metric" in getattr(self.config, "_explicit", ())
+        named = self.config.explicitly_set("early_stopping_metric")
         if self.config.early_stopping and not named and only is not None:
             self.config.early_stopping_metric = only
         for p in self.problems.values():

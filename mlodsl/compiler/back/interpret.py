@@ -1,14 +1,18 @@
 """Evaluating ``.mlo`` expressions over the IR: no Python ``eval``, errors at ``.mlo`` positions.
 
 :class:`Interpreter` walks an IR expression and returns its Python value. Like
-``torch.fx.Interpreter``, it is a runner whose steps are overridable methods, all listed here:
+``torch.fx.Interpreter``, it is a runner whose steps are overridable methods, all listed here
+(the fx loss-graph builder, :class:`~mlodsl.compiler.back.loss_graph.GraphBuilder`, is its
+subclass and overrides the per-kind steps to emit graph nodes):
 
 * :meth:`~Interpreter.run` - evaluate one expression (the entry point);
-* :meth:`~Interpreter.run_node` - evaluate one node: dispatch on its type, turn a failure in
-  user code into one diagnostic at the node's position, cache values that cannot change;
+* :meth:`~Interpreter.run_node` - evaluate one node: dispatch on its kind
+  (:meth:`~mlodsl.compiler.ir.ExprVisitor.visit`), turn a failure in user code into one
+  diagnostic at the node's position, cache values that cannot change;
 * :meth:`~Interpreter.name`, :meth:`~Interpreter.attribute`, :meth:`~Interpreter.call`,
   :meth:`~Interpreter.index`, :meth:`~Interpreter.unary`, :meth:`~Interpreter.binop`,
-  :meth:`~Interpreter.constant`, :meth:`~Interpreter.sequence` - one per kind of node;
+  :meth:`~Interpreter.constant`, :meth:`~Interpreter.sequence` - one per kind of node (the
+  table in :class:`~mlodsl.compiler.ir.ExprVisitor`);
 * :meth:`~Interpreter.get_attribute` - ``value.attr`` once ``value`` is known (the place that
   refuses dunder attributes and attributes of strings, and that reads a problem's module);
 * :meth:`~Interpreter.error` - build the :class:`~mlodsl.diagnostics.MLOError` for a node.
@@ -108,7 +112,7 @@ class Scope:
         return sorted(out)
 
 
-class Interpreter:
+class Interpreter(ir.ExprVisitor):
     """Evaluates IR expressions in a :class:`Scope`.
 
     Args:
@@ -137,7 +141,7 @@ class Interpreter:
         if self.cache is not None and key in self.cache:
             return self.cache[key][1]
         try:
-            value = self._dispatch(node)
+            value = self.visit(node)
         except MLOError:
             raise
         except RecursionError:
@@ -148,23 +152,8 @@ class Interpreter:
             self.cache[key] = (node, value)  # keep node alive so its id stays unique
         return value
 
-    def _dispatch(self, node: ir.Expr) -> Any:
-        if isinstance(node, ir.Name):
-            return self.name(node)
-        if isinstance(node, ir.Attribute):
-            return self.attribute(node)
-        if isinstance(node, ir.Call):
-            return self.call(node)
-        if isinstance(node, ir.Index):
-            return self.index(node)
-        if isinstance(node, ir.UnaryOp):
-            return self.unary(node)
-        if isinstance(node, ir.BinOp):
-            return self.binop(node)
-        if isinstance(node, ir.Constant):
-            return self.constant(node)
-        if isinstance(node, (ir.ListExpr, ir.TupleExpr)):
-            return self.sequence(node)
+    def unknown(self, node: Any) -> Any:
+        """A node that is not an expression."""
         raise self.error(node, f"cannot evaluate a {type(node).__name__} here")
 
     def is_static(self, node: ir.Expr) -> bool:

@@ -32,9 +32,11 @@ import torch.fx as fx
 from torch import nn
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.back.interpret import BINARY_OPS, UNARY_OPS, Interpreter, is_dunder
+from mlodsl.compiler.back.interpret import BINARY_OPS, UNARY_OPS, Interpreter, Scope, is_dunder
+from mlodsl.diagnostics import did_you_mean
 
-__all__ = ["build_loss_graph", "graph_reads", "locate_failure", "module_slot", "unpack_batch"]
+__all__ = ["GraphBuilder", "build_loss_graph", "graph_reads", "locate_failure", "module_slot",
+           "unpack_batch"]
 
 _LITERALS = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
 
@@ -78,69 +80,71 @@ def _call(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-class _GraphBuilder:
-    """Walks one loss expression and emits its fx nodes (one method per kind of IR node)."""
+class GraphBuilder(Interpreter):
+    """Walks one loss expression and emits its fx nodes: the interpreter, made symbolic.
 
-    def __init__(self, interp: Interpreter, modules: Mapping[str, nn.Module],
+    A subclass of :class:`~mlodsl.compiler.back.interpret.Interpreter`, as
+    ``torch.fx.Transformer`` subclasses ``torch.fx.Interpreter``: the driver
+    (:meth:`run_node`) and the errors are the interpreter's; the per-kind steps (the table in
+    :class:`~mlodsl.compiler.ir.ExprVisitor`) are overridden to return fx nodes instead of
+    values. A sub-expression that reads neither a batch name nor a problem is static: the
+    plain interpreter (``evaluator``) computes its value once, here, and the graph holds the
+    value (:meth:`graph_constant`).
+
+    Args:
+        evaluator: the interpreter for static sub-expressions (lets, imports, built-ins in
+            scope; no batch names, no problems).
+        modules: the problems' modules by problem name.
+        params: the loss's batch names, in order (the graph's placeholders).
+    """
+
+    def __init__(self, evaluator: Interpreter, modules: Mapping[str, nn.Module],
                  params: Sequence[str]):
-        self.interp = interp
+        super().__init__(Scope(*evaluator.scope.layers, dynamic=set(params) | set(modules)),
+                         evaluator.sources, evaluator.what)
+        self.evaluator = evaluator
         self.modules = modules
         self.graph = fx.Graph()
         self.root = nn.Module()
         for name, module in modules.items():
             self.root.add_module(module_slot(name), module)
         self.inputs = {name: self.graph.placeholder(name) for name in params}
-        for name, node in self.inputs.items():
+        for node in self.inputs.values():
             node.meta["mlo_span"] = None
-        self.dynamic = set(params) | set(modules)
         self._consts = 0
         self._current: ir.Expr | None = None
 
     # -- driver ----------------------------------------------------------------------------
-    def is_static(self, node: ir.Expr) -> bool:
-        """Whether ``node`` reads no batch name and no problem (evaluated at build time)."""
-        return not any(isinstance(n, ir.Name) and n.name in self.dynamic
-                       for n in ir.iter_expr(node))
+    def run_node(self, node: ir.Expr) -> Any:
+        """A static node's value (``_Static``), else the fx node (or problem path) of ``node``.
 
-    def visit(self, node: ir.Expr) -> Any:
+        Nodes emitted while ``node`` is visited carry its ``.mlo`` position.
+        """
         if self.is_static(node):
-            return _Static(self.interp.run(node))
+            return _Static(self.evaluator.run(node))
         outer, self._current = self._current, node
         try:
-            if isinstance(node, ir.Name):
-                return self.inputs[node.name] if node.name in self.inputs else \
-                    _ProblemPath(node.name)
-            if isinstance(node, ir.Attribute):
-                return self.attribute(node)
-            if isinstance(node, ir.Call):
-                return self.call(node)
-            if isinstance(node, ir.Index):
-                return self.emit("call_function", operator.getitem,
-                                 (self.value(node.value), self.value(node.index)))
-            if isinstance(node, ir.UnaryOp):
-                return self.emit("call_function", UNARY_OPS[node.op], (self.value(node.operand),))
-            if isinstance(node, ir.BinOp):
-                return self.emit("call_function", BINARY_OPS[node.op],
-                                 (self.value(node.left), self.value(node.right)))
-            if isinstance(node, (ir.ListExpr, ir.TupleExpr)):
-                items = [self.value(i) for i in node.items]
-                return items if isinstance(node, ir.ListExpr) else tuple(items)
-            raise self.interp.error(node, f"cannot use a {type(node).__name__} in a loss")
+            return super().run_node(node)
         finally:
             self._current = outer
 
+    def unknown(self, node: Any) -> Any:
+        """A node that cannot appear in a loss."""
+        raise self.error(node, f"cannot use a {type(node).__name__} in a loss")
+
     def value(self, node: ir.Expr) -> Any:
         """``node`` as something an fx node may take as an argument."""
-        return self.materialize(self.visit(node))
+        return self.materialize(self.run_node(node))
 
     def materialize(self, v: Any) -> Any:
+        """A problem path as a ``get_attr`` node, a static value as a graph constant."""
         if isinstance(v, _ProblemPath):
             return self.emit("get_attr", v.target)
         if isinstance(v, _Static):
-            return self.constant(v.value)
+            return self.graph_constant(v.value)
         return v
 
-    def constant(self, value: Any) -> Any:
+    def graph_constant(self, value: Any) -> Any:
         """Literals go into the graph's code; anything else becomes a ``get_attr``."""
         if _printable(value):
             return value
@@ -153,17 +157,42 @@ class _GraphBuilder:
         return self.emit("get_attr", name)
 
     def emit(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> fx.Node:
+        """Add one fx node, tagged with the position of the IR node being visited."""
         node = self.graph.create_node(op, target, args, kwargs or {})
         if self._current is not None:
             node.meta["mlo_span"] = self._current.span
-            node.meta["mlo_file"] = self.interp.sources.file_of(self._current)
+            node.meta["mlo_file"] = self.sources.file_of(self._current)
         return node
 
-    # -- the kinds of node that need thought --------------------------------------------------
+    # -- one step per kind of (non-static) node ------------------------------------------------
+    def name(self, node: ir.Name) -> Any:
+        """A batch name is its placeholder; a problem name is a path to its module."""
+        return self.inputs[node.name] if node.name in self.inputs else _ProblemPath(node.name)
+
+    def index(self, node: ir.Index) -> Any:
+        """``value[index]`` as ``operator.getitem``."""
+        return self.emit("call_function", operator.getitem,
+                         (self.value(node.value), self.value(node.index)))
+
+    def unary(self, node: ir.UnaryOp) -> Any:
+        """``-x`` as ``operator.neg`` (``+x``: ``operator.pos``)."""
+        return self.emit("call_function", UNARY_OPS[node.op], (self.value(node.operand),))
+
+    def binop(self, node: ir.BinOp) -> Any:
+        """``a op b`` as the operator's function."""
+        return self.emit("call_function", BINARY_OPS[node.op],
+                         (self.value(node.left), self.value(node.right)))
+
+    def sequence(self, node: ir.ListExpr | ir.TupleExpr) -> Any:
+        """A list or tuple of graph arguments."""
+        items = [self.value(i) for i in node.items]
+        return items if isinstance(node, ir.ListExpr) else tuple(items)
+
     def attribute(self, node: ir.Attribute) -> Any:
+        """A path into a problem's module, or ``getattr`` of a value computed in the graph."""
         if is_dunder(node.attr):
-            raise self.interp.error(node, f"dunder attribute '{node.attr}' is not allowed")
-        base = self.visit(node.value)
+            raise self.error(node, f"dunder attribute '{node.attr}' is not allowed")
+        base = self.run_node(node.value)
         if isinstance(base, _ProblemPath):
             if node.attr == "module" and not base.attrs:
                 return base  # classifier.module is the module itself
@@ -173,14 +202,15 @@ class _GraphBuilder:
         return self.emit("call_function", getattr, (self.materialize(base), node.attr))
 
     def call(self, node: ir.Call) -> Any:
+        """``call_module``, ``call_method`` or ``call_function``, by what is called."""
         args = tuple(self.value(a) for a in node.args)
         kwargs = {kw.name: self.value(kw.value) for kw in node.kwargs}
         func = node.func
         if isinstance(func, ir.Attribute) and not self.is_static(func.value):
-            base = self.visit(func.value)
+            base = self.run_node(func.value)
             if not isinstance(base, _ProblemPath):  # a method of a value computed in the graph
                 return self.emit("call_method", func.attr, (self.materialize(base), *args), kwargs)
-        f = self.visit(func)
+        f = self.run_node(func)
         if isinstance(f, _ProblemPath):
             obj = self._resolve(f)
             if isinstance(obj, nn.Module):
@@ -189,11 +219,10 @@ class _GraphBuilder:
                 owner = _ProblemPath(f.problem, f.attrs[:-1])
                 return self.emit("call_method", f.attrs[-1],
                                  (self.materialize(owner), *args), kwargs)
-            raise self.interp.error(node.func, f"'{f.target}' is not callable")
+            raise self.error(node.func, f"'{f.target}' is not callable")
         if isinstance(f, _Static):
             if not callable(f.value):
-                raise self.interp.error(node.func, f"'{type(f.value).__name__}' object is not "
-                                        "callable")
+                raise self.error(node.func, f"'{type(f.value).__name__}' object is not callable")
             return self.emit("call_function", f.value, args, kwargs)
         return self.emit("call_function", _call, (f, *args), kwargs)
 
@@ -208,9 +237,8 @@ class _GraphBuilder:
             self._resolve(path)
         except AttributeError:
             parent = self._resolve(_ProblemPath(path.problem, path.attrs[:-1]))
-            from mlodsl.diagnostics import did_you_mean
             public = [n for n in dir(parent) if not n.startswith("_")]
-            raise self.interp.error(
+            raise self.error(
                 node, f"the module of '{path.problem}' has no attribute "
                 f"'{'.'.join(path.attrs)}'", did_you_mean(node.attr, public),
                 span=node.attr_span if node.attr_span != ir.NO_SPAN else None) from None
@@ -234,7 +262,7 @@ def build_loss_graph(field: ir.Field, interp: Interpreter,
     ``interp`` evaluates the static sub-expressions (its scope must not hold the batch names or
     the problems); ``modules`` are the problems' modules by problem name.
     """
-    b = _GraphBuilder(interp, modules, field.params or ())
+    b = GraphBuilder(interp, modules, field.params or ())
     out = b.value(field.value)
     b.graph.output(out)
     gm = fx.GraphModule(b.root, b.graph, class_name="Loss")

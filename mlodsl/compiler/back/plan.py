@@ -25,8 +25,8 @@ from mlodsl.compiler.back.adapters import CompiledProblem, PlanEngine
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import Diagnostic, MLOError
 from mlodsl.runtime.config import EngineConfig
-from mlodsl.runtime.engine import EdgeSpec
-from mlodsl.runtime.schedule import Schedule, ScheduleEdge
+from mlodsl.runtime.edges import Edge
+from mlodsl.runtime.schedule import Schedule
 
 __all__ = ["ExecutionPlan", "PlannedEdge", "LossInfo"]
 
@@ -48,9 +48,10 @@ class PlannedEdge:
     warmup_source: str = "default"
     arg_sources: dict = field(default_factory=dict)  # method argument -> "header of 'P'"
 
-    def spec(self) -> EdgeSpec:
+    def spec(self) -> Edge:
         """The runtime's edge."""
-        return EdgeSpec(self.upper, self.lower, self.method, self.args, self.every, self.warmup)
+        return Edge(self.upper, self.lower, every=self.every, warmup=self.warmup,
+                    method=self.method, args=self.args, source=self.source)
 
     def origins(self) -> str:
         """Where the method, ``every``, warm-up and header-set arguments came from."""
@@ -102,8 +103,7 @@ class ExecutionPlan:
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
         """A fresh :class:`~mlodsl.runtime.schedule.Schedule` of the program."""
-        return Schedule(self.order, [ScheduleEdge(e.upper, e.lower, e.every, e.warmup)
-                                     for e in self.edges])
+        return Schedule(self.order, [e.spec() for e in self.edges])
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter count of each problem."""

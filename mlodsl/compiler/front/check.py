@@ -24,13 +24,13 @@ from __future__ import annotations
 from typing import Iterable
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS, FieldSpec
 from mlodsl.compiler.front.graph import back_edges, reachable_all, reverse
 from mlodsl.compiler.front.graph import levels as _graph_levels
 from mlodsl.compiler.front.names import BUILTINS
 from mlodsl.compiler.front.settings import check_settings
 from mlodsl.compiler.front.values import UNKNOWN, check_method, check_value, literal_value
 from mlodsl.diagnostics import Diagnostic, Span, did_you_mean
+from mlodsl.settings import ENGINE_FIELDS, PROBLEM_FIELDS, Setting
 
 __all__ = ["check", "levels", "dependency_graph", "loss_reads", "errors", "summary"]
 
@@ -252,7 +252,7 @@ class _Checker:
             self.warning(hg.name_span, f"'hypergrad' of '{p.name}' has no effect: "
                          f"'{p.name}' depends on nothing")
 
-    def check_block(self, fields: tuple[ir.Field, ...], table: dict[str, FieldSpec],
+    def check_block(self, fields: tuple[ir.Field, ...], table: dict[str, Setting],
                     where: str, kind: str, at: Span, problem: ir.Problem | None = None):
         other = ENGINE_FIELDS if table is PROBLEM_FIELDS else PROBLEM_FIELDS
         seen: dict[str, ir.Field] = {}
@@ -278,7 +278,7 @@ class _Checker:
                 # Even on a wrong field the parameters are in scope: one error is enough.
                 batch = self.check_params(f, problem)
             scope = _Scope(self, batch=batch, problems=True)
-            if spec is not None and spec.kind == "method":
+            if spec is not None and spec.method:
                 for arg in _method_arguments(f.value):  # the method name is not a Python name
                     self.check_names(arg, scope)
             else:

@@ -71,46 +71,63 @@ def _constant(c: ir.Constant) -> str:
     return repr(v)
 
 
-def format_expr(e: ir.Expr) -> str:
-    """An expression in canonical form (parenthesized only where precedence needs it)."""
-    def wrap(sub: ir.Expr, at_least: int) -> str:
-        text = format_expr(sub)
+class _ExprPrinter(ir.ExprVisitor):
+    """Prints each kind of expression node (the walk shared with the interpreter)."""
+
+    def wrap(self, sub: ir.Expr, at_least: int) -> str:
+        """``sub``, parenthesized when it binds less tightly than ``at_least``."""
+        text = self.visit(sub)
         return f"({text})" if _precedence(sub) < at_least else text
 
-    if isinstance(e, ir.Name):
+    def name(self, e: ir.Name) -> str:
         return e.name
-    if isinstance(e, ir.Constant):
+
+    def constant(self, e: ir.Constant) -> str:
         return _constant(e)
-    if isinstance(e, ir.BinOp):
+
+    def binop(self, e: ir.BinOp) -> str:
         prec = _BINARY.get(e.op, _SUM)
         if e.op == "**":  # right-associative; a unary minus on the left needs parentheses
-            return f"{wrap(e.left, _POSTFIX)} ** {wrap(e.right, _UNARY)}"
-        return f"{wrap(e.left, prec)} {e.op} {wrap(e.right, prec + 1)}"
-    if isinstance(e, ir.UnaryOp):
-        return f"{e.op}{wrap(e.operand, _UNARY)}"
-    if isinstance(e, ir.Attribute):
-        value = wrap(e.value, _POSTFIX)
+            return f"{self.wrap(e.left, _POSTFIX)} ** {self.wrap(e.right, _UNARY)}"
+        return f"{self.wrap(e.left, prec)} {e.op} {self.wrap(e.right, prec + 1)}"
+
+    def unary(self, e: ir.UnaryOp) -> str:
+        return f"{e.op}{self.wrap(e.operand, _UNARY)}"
+
+    def attribute(self, e: ir.Attribute) -> str:
+        value = self.wrap(e.value, _POSTFIX)
         if isinstance(e.value, ir.Constant) and not isinstance(e.value.value, str):
             value = f"({value})"  # `1.real` would read as a float
         return f"{value}.{e.attr}"
-    if isinstance(e, ir.Call):
-        args = [format_expr(a) for a in e.args]
-        args += [f"{kw.name}={format_expr(kw.value)}" for kw in e.kwargs]
-        return f"{wrap(e.func, _POSTFIX)}({', '.join(args)})"
-    if isinstance(e, ir.Index):
+
+    def call(self, e: ir.Call) -> str:
+        args = [self.visit(a) for a in e.args]
+        args += [f"{kw.name}={self.visit(kw.value)}" for kw in e.kwargs]
+        return f"{self.wrap(e.func, _POSTFIX)}({', '.join(args)})"
+
+    def index(self, e: ir.Index) -> str:
         idx = e.index
         if isinstance(idx, ir.TupleExpr) and len(idx.items) > 1:
-            inner = ", ".join(format_expr(i) for i in idx.items)
+            inner = ", ".join(self.visit(i) for i in idx.items)
         else:
-            inner = format_expr(idx)
-        return f"{wrap(e.value, _POSTFIX)}[{inner}]"
-    if isinstance(e, ir.ListExpr):
-        return "[" + ", ".join(format_expr(i) for i in e.items) + "]"
-    if isinstance(e, ir.TupleExpr):
-        if len(e.items) == 1:
-            return f"({format_expr(e.items[0])},)"
-        return "(" + ", ".join(format_expr(i) for i in e.items) + ")"
-    raise TypeError(f"not an expression: {e!r}")  # pragma: no cover - IR invariant
+            inner = self.visit(idx)
+        return f"{self.wrap(e.value, _POSTFIX)}[{inner}]"
+
+    def sequence(self, e: ir.ListExpr | ir.TupleExpr) -> str:
+        items = [self.visit(i) for i in e.items]
+        if isinstance(e, ir.ListExpr):
+            return "[" + ", ".join(items) + "]"
+        if len(items) == 1:
+            return f"({items[0]},)"
+        return "(" + ", ".join(items) + ")"
+
+
+_PRINTER = _ExprPrinter()
+
+
+def format_expr(e: ir.Expr) -> str:
+    """An expression in canonical form (parenthesized only where precedence needs it)."""
+    return _PRINTER.visit(e)
 
 
 def _import(i: ir.Import) -> str:
@@ -146,7 +163,7 @@ class _Printer:
     def _pending(self) -> ir.Comment | None:
         return self.comments[self.next] if self.next < len(self.comments) else None
 
-    def leading(self, line: int, indent: str, next_line: int | None = None) -> None:
+    def leading(self, line: int, indent: str) -> None:
         """Emit the comments on lines before ``line``, each on its own line."""
         while (c := self._pending()) is not None and c.span.line < line:
             self.lines.append(indent + c.text)

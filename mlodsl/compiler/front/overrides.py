@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.front.fields import ENGINE_FIELDS, PROBLEM_FIELDS
 from mlodsl.compiler.front.parse import parse_expression
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
+from mlodsl.settings import ENGINE_FIELDS, PROBLEM_FIELDS
 
 __all__ = ["Override", "parse_override", "override_from_value", "apply_overrides",
            "relocate"]

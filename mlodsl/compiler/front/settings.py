@@ -1,6 +1,6 @@
 """Checks of a problem's header ``problem P <key=value, ...>`` (private to the front end).
 
-A header holds Betty's ``Config`` fields (:data:`mlodsl.methods.CONFIG_SETTINGS`; ``step`` is
+A header holds Betty's ``Config`` fields (:data:`mlodsl.settings.CONFIG_SETTINGS`; ``step`` is
 the seed's spelling of ``unroll_steps``) and means what that ``Config`` means on the Python
 route (:func:`mlodsl.runtime.config.edge_settings`): the method, ``every``, warm-up and method
 knobs of the edges between the problem and its lowers and uppers, and its own step settings.
@@ -17,8 +17,9 @@ from typing import Any, Callable, Mapping
 from mlodsl.compiler import ir
 from mlodsl.compiler.front.values import UNKNOWN, literal_value
 from mlodsl.diagnostics import did_you_mean
-from mlodsl.methods import (CONFIG_SETTINGS, EXTRA_METHOD_FIELDS, METHODS, SETTING_ALIASES,
-                            BadMethodArgument)
+from mlodsl.methods import EXTRA_METHOD_FIELDS, METHODS
+from mlodsl.settings import (CONFIG_ALIASES, CONFIG_FIELD_TWINS, CONFIG_ROLES, CONFIG_SETTINGS,
+                             SettingError)
 
 __all__ = ["check_settings", "canonical", "KNOB_OF"]
 
@@ -27,7 +28,7 @@ Report = Callable[..., None]
 
 def canonical(name: str) -> str:
     """The ``Config`` field a header key names (``step`` -> ``unroll_steps``)."""
-    return SETTING_ALIASES.get(name, name)
+    return CONFIG_ALIASES.get(name, name)
 
 
 def _knobs() -> dict[str, tuple[str, str]]:
@@ -45,7 +46,10 @@ def _knobs() -> dict[str, tuple[str, str]]:
 #: ``Config`` field -> (method, argument) for the settings that are method arguments.
 KNOB_OF: dict[str, tuple[str, str]] = _knobs()
 
-_FIELD_OF = {name: s.field for name, s in CONFIG_SETTINGS.items() if s.field}
+
+
+def _keyword(call: ir.Call, name: str) -> ir.Keyword | None:
+    return next((kw for kw in call.kwargs if kw.name == name), None)
 
 
 def _method_name(expr: ir.Expr | None) -> str | None:
@@ -67,7 +71,7 @@ def check_settings(p: ir.Problem, problems: Mapping[str, ir.Problem],
     """Report every mistake in ``p``'s header (see the module docstring)."""
     if not p.settings:
         return
-    known = [*CONFIG_SETTINGS, *SETTING_ALIASES]
+    known = [*CONFIG_SETTINGS, *CONFIG_ALIASES]
     seen: dict[str, ir.Setting] = {}
     values: dict[str, Any] = {}
     for s in p.settings:
@@ -90,9 +94,10 @@ def check_settings(p: ir.Problem, problems: Mapping[str, ir.Problem],
         if value is UNKNOWN:
             continue
         try:
-            values[name] = CONFIG_SETTINGS[name].validate(value)
-        except BadMethodArgument as err:
-            error(s.value.span, f"setting '{s.name}' of '{p.name}': {err}", err.hint)
+            values[name] = CONFIG_SETTINGS[name].check(value, f"setting '{s.name}' of "
+                                                       f"'{p.name}'")
+        except SettingError as err:
+            error(s.value.span, str(err), err.hint)
     _check_against_edges(p, problems, seen, values, error, warning)
     _check_against_fields(p, seen, values, lets, error)
 
@@ -112,7 +117,7 @@ def _governed_edges(p: ir.Problem, problems: Mapping[str, ir.Problem]):
 
 def _check_against_edges(p, problems, seen, values, error, warning) -> None:
     edges = list(_governed_edges(p, problems))
-    edge_keys = [n for n in seen if CONFIG_SETTINGS[n].role in ("edge", "method")]
+    edge_keys = [n for n in seen if CONFIG_ROLES[n] in ("edge", "method")]
     if not edges:
         for n in edge_keys:
             warning(seen[n].name_span, f"setting '{seen[n].name}' of '{p.name}' has no "
@@ -141,7 +146,7 @@ def _check_against_edges(p, problems, seen, values, error, warning) -> None:
                 knob = KNOB_OF.get(n)
                 if knob is None or knob[0] != method or n not in values:
                     continue
-                kw = e.method.keyword(knob[1])
+                kw = _keyword(e.method, knob[1])
                 given = literal_value(kw.value, {}) if kw is not None else UNKNOWN
                 if kw is not None and given is not UNKNOWN and given != values[n]:
                     error(s.value.span, f"the header of '{p.name}' says {n}={values[n]!r}, but "
@@ -155,7 +160,7 @@ def _warn_disagreement(upper: ir.Problem, lower: ir.Problem, seen, values, warni
     """Both headers set an edge setting differently: the lower's wins (Betty's rule)."""
     from mlodsl.compiler.front.values import literal_value as lit
     for n, s in seen.items():
-        if CONFIG_SETTINGS[n].role not in ("edge", "method") or n == "first_order":
+        if CONFIG_ROLES[n] not in ("edge", "method") or n == "first_order":
             continue
         other = lower.setting(n)
         if other is None or n not in values:
@@ -174,7 +179,7 @@ def _check_against_fields(p, seen, values, lets, error) -> None:
             None, values.get("type", _method_name(hg.value))):
         error(t.value.span, f"the header of '{p.name}' says type={values['type']!r}, but its "
               f"field 'hypergrad' says {_show(hg.value)}", "say it once")
-    for n, field_name in _FIELD_OF.items():
+    for n, field_name in CONFIG_FIELD_TWINS.items():
         s, f = seen.get(n), p.field(field_name)
         if s is None or f is None:
             continue

@@ -1,18 +1,18 @@
-"""Static checks of literal values: counts, choices and hypergradient method calls (private).
+"""Static checks of literal values: settings' rules and hypergradient method calls.
 
 A value is checked only when it is known before running: a literal, a negated number, or a
 ``let`` bound (possibly through other lets) to one. Anything else is accepted here and
-checked by the back end when it has the value.
+checked by the back end when it has the value, against the same rule of
+:mod:`mlodsl.settings` (so both say the same thing).
 """
 from __future__ import annotations
 
-import re
 from typing import Callable, Mapping
 
 from mlodsl.compiler import ir
-from mlodsl.compiler.front.fields import FieldSpec
 from mlodsl.diagnostics import did_you_mean
 from mlodsl.methods import METHODS, BadMethodArgument
+from mlodsl.settings import Setting
 
 __all__ = ["UNKNOWN", "literal_value", "check_value", "check_method"]
 
@@ -50,45 +50,25 @@ def literal_value(expr: ir.Expr, lets: Mapping[str, ir.Let], _depth: int = 0):
     return UNKNOWN
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _via_let(expr: ir.Expr, lets: Mapping[str, ir.Let]) -> str | None:
     if isinstance(expr, ir.Name) and expr.name in lets:
         return f"'{expr.name}' is defined at line {lets[expr.name].name_span.line}"
     return None
 
 
-def check_value(spec: FieldSpec, field: ir.Field, owner: str,
+def check_value(spec: Setting, field: ir.Field, owner: str,
                 lets: Mapping[str, ir.Let], report: Report) -> None:
-    """Check a field's literal value against its spec's ``kind``; report problems."""
-    if spec.kind == "method":
+    """Check a field's literal value against its setting's rule; report problems."""
+    if spec.method:
         check_method(field.value, lets, report)
         return
-    value = literal_value(field.value, lets)
-    if value is UNKNOWN:
+    if spec.rule is None:
         return
-    hint = _via_let(field.value, lets)
-    where = f"'{field.name}' of {owner}"
-    if spec.kind == "positive_int" and not (_is_int(value) and value >= 1):
-        report(field.value.span, f"{where} must be a positive integer, got {value!r}", hint)
-    elif spec.kind == "nonneg_int" and not (_is_int(value) and value >= 0):
-        report(field.value.span, f"{where} must be an integer >= 0, got {value!r}", hint)
-    elif spec.kind == "positive_number" and not (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-        report(field.value.span, f"{where} must be a number > 0, got {value!r}", hint)
-    elif spec.kind == "bool" and not isinstance(value, bool):
-        report(field.value.span, f"{where} must be True or False, got {value!r}", hint)
-    elif spec.kind == "choice":
-        ok = isinstance(value, str) and (
-            value in spec.choices or (spec.pattern is not None
-                                      and re.fullmatch(spec.pattern, value) is not None))
-        if not ok:
-            options = ", ".join(f'"{c}"' for c in spec.choices)
-            guess = did_you_mean(value, spec.choices) if isinstance(value, str) else None
-            report(field.value.span, f"{where} must be one of {options}, got {value!r}",
-                   guess or hint)
+    value = literal_value(field.value, lets)
+    if value is UNKNOWN or spec.rule.accepts(value):
+        return
+    report(field.value.span, spec.rule.message(f"'{field.name}' of {owner}", value),
+           spec.rule.hint_for(value) or _via_let(field.value, lets))
 
 
 def check_method(expr: ir.Expr, lets: Mapping[str, ir.Let], report: Report) -> None:

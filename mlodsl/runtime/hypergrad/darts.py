@@ -19,10 +19,7 @@ from __future__ import annotations
 import torch
 
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
-
-
-def _norm(tensors) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+from mlodsl.runtime.vectors import norm
 
 
 @register("darts")
@@ -30,7 +27,7 @@ def darts(request: HypergradRequest, alpha: float = 0.01) -> list[torch.Tensor |
     """Central finite difference of the targets' gradient along ``v`` (see module docstring)."""
     w = [p.detach() for p in request.lower_params()]
     v = [t.detach() for t in request.v]
-    eps = alpha / (_norm(v) + 1e-12)
+    eps = alpha / (norm(v) + 1e-12)
     # w + (eps v) and w + (-eps) v: one perturbed copy alive at a time, and w - eps v exactly
     # (negating eps is exact), without keeping eps v around for the second one.
     plus = torch._foreach_mul(v, eps)

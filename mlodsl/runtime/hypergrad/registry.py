@@ -8,6 +8,7 @@ import torch
 
 from mlodsl.diagnostics import MLOError, did_you_mean
 from mlodsl.methods import METHODS
+from mlodsl.runtime.vectors import leaves
 
 __all__ = ["HypergradRequest", "register", "get_method"]
 
@@ -81,10 +82,17 @@ class HypergradRequest:
         return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
                                          grad_wrt=wrt)
 
-    def lower_loss_and_metrics(self, params=None):
-        """Like :meth:`lower_loss` but also returns the training step's other outputs."""
-        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
-                                         with_metrics=True)
+    def lower_grad_with_graph(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(w, grad_w g(w, targets))`` at fresh leaves ``w`` equal to the lower's parameters.
+
+        The gradient keeps its graph, so it can be differentiated again with respect to ``w``
+        (Hessian-vector products) and to the targets (the mixed second derivative).
+        Evaluating at fresh leaves keeps the graph away from the lower's own history (its
+        unrolled fast weights).
+        """
+        w = leaves(self.lower_params())
+        loss = self.lower_loss(w)
+        return w, self.grad_lower(loss, create_graph=True, params=w)
 
     def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,
                    params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from mlodsl.runtime.hypergrad._utils import detached, leaves, norm
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+from mlodsl.runtime.vectors import detached, leaves, norm
 
 __all__ = ["sama", "adam_preconditioner"]
 
