@@ -31,7 +31,7 @@ _EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS"}
 _EXPRESSION_ALL = _EXPRESSION_START | {"PLUS", "TRUE", "FALSE", "NONE"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "POW"}
 _POSTFIX = {"LPAR", "LSQB", "DOT"}
-_BRACKET_NAMES = {"LPAR": "(", "LSQB": "["}
+_BRACKET_NAMES = {"LPAR": "(", "LSQB": "[", "LANGLE": "<"}
 
 
 def _describe_expected(expected: set[str]) -> str:

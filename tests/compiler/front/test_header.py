@@ -6,6 +6,7 @@ import pytest
 from mlodsl.compiler.front.check import check
 from mlodsl.compiler.front.fmt import format_program
 from mlodsl.compiler.front.parse import parse
+from mlodsl.diagnostics import MLOError
 
 
 def program(upper_header: str = "", edge: str = "", lower_header: str = "",
@@ -130,3 +131,13 @@ def test_an_unclosed_header_is_a_syntax_error():
     with pytest.raises(Exception) as err:
         parse('problem p <type="darts" { }\n')
     assert "'>'" in str(err.value)
+
+
+def test_a_header_may_span_lines_and_an_unclosed_one_points_at_its_bracket():
+    src = program('<type="neumann",  # the method\n    step=2,\n>')
+    assert [s.name for s in parse(src).problem("hpo").settings] == ["type", "step"]
+    assert diagnostics(src) == []
+    with pytest.raises(MLOError) as err:
+        parse('problem p <type="darts"\nproblem q { }\n')
+    [d] = err.value.diagnostics
+    assert (d.span.line, d.hint) == (2, "the '<' at line 1, column 11 is not closed")
