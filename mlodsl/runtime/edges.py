@@ -30,6 +30,9 @@ class Edge:
         method: the hypergradient method through ``lower`` (a name in ``mlodsl.methods``).
         args: the method's arguments, defaults filled in (checked against its signature).
         source: where the method came from, for ``mlodsl compile`` ("via", "default", ...).
+        origins: where the other settings came from, for ``mlodsl compile``: ``"every"``,
+            ``"warm-up"`` and method argument names, each to a phrase like
+            ``"header of 'hpo'"`` (absent: the edge's own syntax, or the default).
     """
 
     upper: str
@@ -39,6 +42,7 @@ class Edge:
     method: str = "darts"
     args: dict[str, Any] = field(default_factory=dict, compare=False)
     source: str = field(default="", compare=False)
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -52,6 +56,16 @@ class Edge:
     def call(self) -> str:
         """The method as a call: ``darts(alpha=0.01)``."""
         return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
+
+    def describe_origins(self) -> str:
+        """``method from via, every from header of 'hpo', ...``: every origin, for messages."""
+        parts = [f"method from {self.source or 'default'}",
+                 f"every from {self.origins.get('every', 'default')}"]
+        if "warm-up" in self.origins:
+            parts.append(f"warm-up {self.warmup} from {self.origins['warm-up']}")
+        parts += [f"{k} from {v}" for k, v in self.origins.items() if k not in ("every",
+                                                                              "warm-up")]
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         return f"{self.upper} -> {self.lower} every {self.every} via {self.call()}"

@@ -332,7 +332,7 @@ class Engine:
         problem.end_step(bool(self.schedule.uppers(name)))
         self._log_problem(problem)
         for lower in self.schedule.lowers(name):
-            if self._hierarchy.closes_window(name, lower, self.problems[lower].iterative):
+            if self._hierarchy.closes_window(name, lower):
                 end_unroll_window(self.problems[lower])
             self.problems[lower].upper_stepped()
         if self.config.roll_back:
@@ -521,7 +521,6 @@ class Engine:
             return list(grads)
         return dist.average_differentiable(grads)
 
-    # -- Betty's roll_back -------------------------------------------------------------------
     # -- the training state --------------------------------------------------------------------
     def training_state(self) -> TrainingState:
         """The whole training state, gathered from its owners (live references, no copies).

@@ -116,8 +116,9 @@ class Hierarchy:
         self.graph = graph
         self.edges: dict[tuple[str, str], Edge] = {(e.upper, e.lower): e for e in edges}
         self.schedule = schedule
+        self.iterative = {n for n, p in problems.items() if p.iterative}
         self.unrolled = {e.lower for e in self.edges.values() if e.method == "unroll"} | {
-            n for n, p in problems.items() if p.iterative and schedule.uppers(n)}
+            n for n in self.iterative if schedule.uppers(n)}
         self._below: dict[str, list[str]] = {}
         self._ancestors: dict[tuple[str, frozenset], list[str]] = {}
 
@@ -155,10 +156,10 @@ class Hierarchy:
         """Whether ``name``'s steps are taken differentiably for an upper to unroll through."""
         return name in self.unrolled
 
-    def closes_window(self, upper: str, lower: str, iterative: bool) -> bool:
+    def closes_window(self, upper: str, lower: str) -> bool:
         """Whether ``lower``'s window closes when ``upper`` has stepped (an unroll edge, or an
         ``IterativeProblem`` lower)."""
-        return self.edges[(upper, lower)].method == "unroll" or iterative
+        return self.edges[(upper, lower)].method == "unroll" or lower in self.iterative
 
     def unroll_settings(self, name: str) -> tuple[bool, bool]:
         """``(first_order, checkpoint)`` for the differentiable steps of problem ``name``.

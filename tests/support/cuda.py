@@ -21,8 +21,8 @@ from torch.overrides import TorchFunctionMode
 
 from mlodsl import Config, Engine, EngineConfig, ImplicitProblem, IterativeProblem
 
-# Shared with the hypergradient and systems suites (tests/cuda/conftest.py puts their folders
-# on the path): the ridge problem with its closed form, and the MLP program's pieces.
+# Shared with the hypergradient and runtime suites: the ridge problem with its closed form,
+# and the MLP program's pieces.
 from tests.support.mlp_hpo import Decay  # noqa: F401
 from tests.support.mlp_hpo import Lower as MLPLower
 from tests.support.hg_problems import (RidgeLower, RidgeLowerIter, RidgeUpper, Vec,  # noqa: F401

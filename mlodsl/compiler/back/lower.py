@@ -29,7 +29,7 @@ from typing import Any
 
 from mlodsl.compiler import ir
 from mlodsl.compiler.back.instantiate import Instantiator
-from mlodsl.compiler.back.plan import ExecutionPlan, PlannedEdge
+from mlodsl.compiler.back.plan import ExecutionPlan
 from mlodsl.compiler.back.resolve import (
     MethodChoice,
     builtin_names,
@@ -41,6 +41,7 @@ from mlodsl.compiler.front.check import levels as program_levels
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.methods import METHODS, method_field
 from mlodsl.runtime.config import Config, edge_settings
+from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.seeding import seed_everything
 from mlodsl.settings import EARLY_STOP_KEYS, SettingError
 
@@ -76,7 +77,7 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         validate_node=node, warnings=objects.warnings, descriptions=objects.descriptions)
 
 
-def plan_edges(program: ir.Program, objects: Instantiator) -> list[PlannedEdge]:
+def plan_edges(program: ir.Program, objects: Instantiator) -> list[Edge]:
     """Every depends edge with its method, ``every`` and warm-up, and where each came from.
 
     The method: ``via``, else the headers (the Python route's Config rule), else the upper's
@@ -96,7 +97,7 @@ def plan_edges(program: ir.Program, objects: Instantiator) -> list[PlannedEdge]:
 
 def _plan_edge(p: ir.Problem, e: ir.Edge, program: ir.Program, objects: Instantiator,
                configs: dict[str, Config], own_hg, engine_hg, upper_has_uppers: bool
-               ) -> PlannedEdge:
+               ) -> Edge:
     """One edge ``p depends e.target``: see :func:`plan_edges`."""
     rule = edge_settings(configs[p.name], configs[e.target], upper_has_uppers=upper_has_uppers)
 
@@ -145,9 +146,12 @@ def _plan_edge(p: ir.Problem, e: ir.Edge, program: ir.Program, objects: Instanti
         every_source += f" x gradient_accumulation of '{e.target}'"
     warmup_source = origin("warmup_steps") if rule.sources["warmup_steps"] != "default" \
         else "default"
-    return PlannedEdge(p.name, e.target, every, choice.name, METHODS[choice.name].bind(args),
-                       source, every_source=every_source, warmup=rule.warmup,
-                       warmup_source=warmup_source, arg_sources=arg_sources)
+    origins = {"every": every_source}
+    if rule.warmup or warmup_source != "default":
+        origins["warm-up"] = warmup_source
+    origins.update(arg_sources)
+    return Edge(p.name, e.target, every=every, warmup=rule.warmup, method=choice.name,
+                args=args, source=source, origins=origins)
 
 
 def _given_arguments(expr: ir.Expr) -> set[str]:

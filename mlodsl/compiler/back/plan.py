@@ -28,43 +28,10 @@ from mlodsl.runtime.config import EngineConfig
 from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.schedule import Schedule
 
-__all__ = ["ExecutionPlan", "PlannedEdge", "LossInfo"]
+__all__ = ["ExecutionPlan", "LossInfo"]
 
 
 # ----------------------------------------------------------------------------- the plan
-
-@dataclass
-class PlannedEdge:
-    """``upper depends lower``: its ``every``, its method, and where the method came from."""
-
-    upper: str
-    lower: str
-    every: int
-    method: str
-    args: dict
-    source: str  # "via", "header of 'P'", "hypergrad of 'P'", "engine hypergrad" or "default"
-    every_source: str = "default"  # "every", "header of 'P'" or "default"
-    warmup: int = 0
-    warmup_source: str = "default"
-    arg_sources: dict = field(default_factory=dict)  # method argument -> "header of 'P'"
-
-    def spec(self) -> Edge:
-        """The runtime's edge."""
-        return Edge(self.upper, self.lower, every=self.every, warmup=self.warmup,
-                    method=self.method, args=self.args, source=self.source)
-
-    def origins(self) -> str:
-        """Where the method, ``every``, warm-up and header-set arguments came from."""
-        parts = [f"method from {self.source}", f"every from {self.every_source}"]
-        if self.warmup or self.warmup_source != "default":
-            parts.append(f"warm-up {self.warmup} from {self.warmup_source}")
-        parts += [f"{k} from {v}" for k, v in self.arg_sources.items()]
-        return ", ".join(parts)
-
-    def call(self) -> str:
-        """``darts(alpha=0.01)``."""
-        return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
-
 
 @dataclass
 class LossInfo:
@@ -89,7 +56,7 @@ class ExecutionPlan:
     problems: dict[str, CompiledProblem]
     order: list[str]
     levels: dict[str, int]
-    edges: list[PlannedEdge]
+    edges: list[Edge]  # the runtime's edges; ``source`` says where each method came from
     losses: dict[str, LossInfo]
     engine_settings: dict[str, Any]
     search_path: list[str]
@@ -103,7 +70,7 @@ class ExecutionPlan:
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
         """A fresh :class:`~mlodsl.runtime.schedule.Schedule` of the program."""
-        return Schedule(self.order, [e.spec() for e in self.edges])
+        return Schedule(self.order, self.edges)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter count of each problem."""
@@ -124,9 +91,11 @@ class ExecutionPlan:
                             if show_graphs and self.losses[n].graph is not None else {})},
             } for n in self.problems],
             "edges": [{"upper": e.upper, "lower": e.lower, "every": e.every, "method": e.method,
-                       "args": e.args, "method_from": e.source, "every_from": e.every_source,
-                       "warmup": e.warmup, "warmup_from": e.warmup_source,
-                       "args_from": e.arg_sources} for e in self.edges],
+                       "args": e.args, "method_from": e.source,
+                       "every_from": e.origins.get("every", "default"), "warmup": e.warmup,
+                       "warmup_from": e.origins.get("warm-up", "default"),
+                       "args_from": {k: v for k, v in e.origins.items()
+                                     if k not in ("every", "warm-up")}} for e in self.edges],
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
             "warnings": [d.headline() for d in self.warnings],
@@ -153,7 +122,7 @@ class ExecutionPlan:
             lines.append("  (none: a single-level program)")
         for e in self.edges:
             lines.append(f"  {e.upper} depends {e.lower} every {e.every} via {e.call()}"
-                         f"   [{e.origins()}]")
+                         f"   [{e.describe_origins()}]")
         lines += ["", "schedule:"] + ["  " + s for s in self.schedule().describe().splitlines()]
         lines += ["", "losses:"]
         for n, info in self.losses.items():
@@ -187,7 +156,7 @@ class ExecutionPlan:
         with on_path(self.search_path):
             self.engine = PlanEngine(
                 config=config, problems=[self.problems[n] for n in self.order],
-                edges=[e.spec() for e in self.edges], validate=self.validate,
+                edges=self.edges, validate=self.validate,
                 validate_node=self.validate_node, sources=self.sources)
         self.engine.history.console = console
         for n, info in self.losses.items():  # tensor constants of the graphs, too

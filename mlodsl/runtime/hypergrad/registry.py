@@ -58,6 +58,11 @@ class HypergradRequest:
     state: dict = field(default_factory=dict)
 
     # -- what methods evaluate -----------------------------------------------------------
+    def full_precision(self):
+        """A block whose loss evaluations skip mixed precision's autocast (they run in the
+        parameters' dtype): for the evaluations a method's accuracy hinges on."""
+        return self.engine.precision.full_precision()
+
     def lower_params(self) -> list[torch.Tensor]:
         """The lower's current parameters (fast weights while unrolling)."""
         return self.lower.current_parameters()
@@ -88,10 +93,13 @@ class HypergradRequest:
         The gradient keeps its graph, so it can be differentiated again with respect to ``w``
         (Hessian-vector products) and to the targets (the mixed second derivative).
         Evaluating at fresh leaves keeps the graph away from the lower's own history (its
-        unrolled fast weights).
+        unrolled fast weights). The loss is evaluated without mixed precision's autocast: every
+        Hessian-vector product and the mixed derivative are taken through this graph, and their
+        rounding compounds over the iterations of ``cg``/``neumann`` (docs/systems.md).
         """
         w = leaves(self.lower_params())
-        loss = self.lower_loss(w)
+        with self.full_precision():
+            loss = self.lower_loss(w)
         return w, self.grad_lower(loss, create_graph=True, params=w)
 
     def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,

@@ -23,11 +23,10 @@ def _plan_shape(plan) -> dict:
 def test_the_seeds_hpo_program_with_the_header_compiles_to_the_same_plan(hpo_plan):
     header = mlodsl.compile(str(HEADER_HPO))
     assert _plan_shape(header) == _plan_shape(hpo_plan)
-    assert [e.spec().__repr__() for e in header.edges] == [e.spec().__repr__()
-                                                          for e in hpo_plan.edges]
+    assert [repr(e) for e in header.edges] == [repr(e) for e in hpo_plan.edges]
     assert header.problems["hpo"].config.log_step == hpo_plan.problems["hpo"].config.log_step
     [edge] = header.edges
-    assert (edge.source, edge.every_source) == ("header of 'hpo'", "header of 'hpo'")
+    assert (edge.source, edge.origins["every"]) == ("header of 'hpo'", "header of 'hpo'")
     assert "[method from header of 'hpo', every from header of 'hpo']" in header.describe()
 
 
@@ -71,7 +70,7 @@ def test_a_lower_header_names_the_method_of_the_edge_above_it_as_on_the_python_r
     [edge] = plan.edges
     assert (edge.method, edge.args, edge.every) == ("cg", {"iterations": 4, "alpha": 1.0,
                                                          "tol": 0.0}, 2)
-    assert edge.source == "header of 'inner'" and edge.every_source == "header of 'outer'"
+    assert edge.source == "header of 'inner'" and edge.origins["every"] == "header of 'outer'"
     python = edge_settings(Config(step=2), Config(type="cg", cg_iterations=4))
     assert (python.method, python.args, python.every) == (edge.method, edge.args, edge.every)
 
@@ -89,7 +88,7 @@ def test_header_knobs_fill_the_arguments_a_via_call_leaves_out(tmp_path):
                            edge="via neumann(alpha=0.5)")
     [edge] = plan.edges
     assert edge.args == {"iterations": 4, "alpha": 0.5}
-    assert edge.arg_sources == {"iterations": "header of 'outer'"}
+    assert edge.origins == {"every": "default", "iterations": "header of 'outer'"}
     assert "iterations from header of 'outer'" in plan.describe()
 
 
@@ -98,7 +97,7 @@ def test_step_settings_and_warm_up_reach_the_runtime(tmp_path):
     assert plan.problems["outer"].config.gradient_clipping == 0.5
     assert "gradient_clipping=0.5 (from the header of 'outer')" in plan.describe()
     [edge] = plan.edges
-    assert (edge.warmup, edge.warmup_source) == (2, "header of 'outer'")
+    assert (edge.warmup, edge.origins["warm-up"]) == (2, "header of 'outer'")
     plan.run(console=False)
     # inner's first two steps are warm-up: outer steps after inner's 3rd and 4th.
     assert (plan.problems["inner"].count, plan.problems["outer"].count) == (4, 2)
