@@ -524,9 +524,19 @@ class Problem:
 
 
 def call_param_callback(problem: Problem, params: list[torch.Tensor]) -> None:
-    """Call ``problem.param_callback`` with the parameters, or with none (Betty's signature)."""
+    """Call ``problem.param_callback`` with the parameters, or with none (Betty's signature).
+
+    Whichever the callback declares: a positional parameter (the seed's ``(self, params)``, a
+    ``*args``, a static method taking ``params``) gets the parameters.
+    """
     callback = problem.param_callback
-    if _takes_params(type(problem)):
+    if "param_callback" in problem.__dict__:  # set on the instance: look at it each time
+        takes = _takes_positional(callback)
+    else:
+        takes = _TAKES_PARAMS.get(type(problem))
+        if takes is None:
+            takes = _TAKES_PARAMS[type(problem)] = _takes_positional(callback)
+    if takes:
         callback(params)
     else:
         callback()
@@ -535,21 +545,15 @@ def call_param_callback(problem: Problem, params: list[torch.Tensor]) -> None:
 _TAKES_PARAMS: dict[type, bool] = {}
 
 
-def _takes_params(cls: type) -> bool:
-    """Whether ``cls.param_callback`` accepts a positional argument after ``self`` (cached)."""
-    known = _TAKES_PARAMS.get(cls)
-    if known is None:
-        import inspect
-        try:
-            sig = inspect.signature(cls.param_callback)
-        except (TypeError, ValueError):  # a builtin or odd callable: give it the parameters
-            known = True
-        else:
-            params = list(sig.parameters.values())[1:]  # drop self
-            known = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-                        for p in params)
-        _TAKES_PARAMS[cls] = known
-    return known
+def _takes_positional(callback: Callable) -> bool:
+    """Whether the (bound) ``callback`` accepts one positional argument."""
+    import inspect
+    try:
+        sig = inspect.signature(callback)
+    except (TypeError, ValueError):  # a builtin or odd callable: give it the parameters
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in sig.parameters.values())
 
 
 def _rebind_scheduler(name: str, scheduler: Any, old, optimizer) -> Any:

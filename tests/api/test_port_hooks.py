@@ -249,3 +249,22 @@ def test_param_groups_rebuilds_the_optimizer_over_the_groups():
     assert [g["lr"] for g in p.optimizer.param_groups] == [0.0, 0.125]  # the scheduler follows
     assert torch.equal(module.weight.detach(), weight)  # lr 0: untouched
     assert not torch.equal(module.bias.detach(), bias)
+
+
+def test_param_callback_as_a_static_method_or_on_the_instance():
+    class Static(ClampNoArgs):
+        @staticmethod
+        def param_callback(params):
+            for p in params:
+                p.data.clamp_(min=0.0)
+
+    seen = []
+    for make in (Static, ClampNoArgs):
+        module = Scalar(0.5)
+        p = make(name="p", module=module, optimizer=torch.optim.SGD(module.parameters(), lr=1.0),
+                 train_data_loader=[0])
+        if make is ClampNoArgs:  # replaced on the instance, with the seed's signature
+            p.param_callback = seen.append
+        Engine([p], EngineConfig(train_iters=1)).run()
+        assert module.w.item() == (0.0 if make is Static else -0.5)
+    assert [len(params) for params in seen] == [1]
