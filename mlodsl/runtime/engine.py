@@ -560,6 +560,22 @@ class Engine:
         for name, p in self.problems.items():
             p.load_data_state(state.problems[name].data)
         set_rng_state(state.rng)
+        self._resume_inner_loops()
+
+    def _resume_inner_loops(self) -> None:
+        """Where each problem is in its inner loop, from the restored counters (Betty's rule:
+        a new loop after an upper consumed the last one, or after ``unroll_steps`` updates of a
+        problem without uppers; warm-up steps start none)."""
+        for p in self.problems:
+            uppers = self.schedule.uppers(p.name)
+            if p.count == 0:
+                new = True
+            elif uppers:
+                new = any(self.schedule.pending(u)[p.name] == 0
+                          and p.count > self.edges[(u, p.name)].warmup for u in uppers)
+            else:
+                new = p.count % max(p.config.unroll_steps * p.steps_per_update(False), 1) == 0
+            p.resume_inner_loop(self.global_step, new)
 
 
 class _NoProgress:

@@ -422,6 +422,12 @@ class Problem:
         """Called by the engine when an upper has stepped on this problem: a new inner loop."""
         self._inner_loop_start = True
 
+    def resume_inner_loop(self, global_step: int, new_window: bool) -> None:
+        """After a checkpoint is loaded: the iteration, and whether the next step starts a new
+        inner loop (the engine derives it from the restored schedule, nothing is saved)."""
+        self._global_step = global_step
+        self._inner_loop_start = new_window
+
     def steps_per_update(self, unrolled: bool) -> int:
         """How many of this problem's steps make one optimizer update (Betty's accumulation).
 

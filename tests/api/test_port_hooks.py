@@ -268,3 +268,20 @@ def test_param_callback_as_a_static_method_or_on_the_instance():
         Engine([p], EngineConfig(train_iters=1)).run()
         assert module.w.item() == (0.0 if make is Static else -0.5)
     assert [len(params) for params in seen] == [1]
+
+
+def test_a_resumed_run_calls_on_inner_loop_start_where_the_uninterrupted_one_does(tmp_path):
+    engine, outer, inner = imaml(unroll=3, iters=9)
+    engine.history.console = False
+    engine.run()
+    full = list(inner.starts)
+    first, _, cut = imaml(unroll=3, iters=4)  # stops in the middle of the second window
+    first.history.console = False
+    first.run()
+    path = first.save_checkpoint(str(tmp_path))
+    resumed, _, inner2 = imaml(unroll=3, iters=9)
+    resumed.history.console = False
+    from mlodsl.runtime import checkpoint as ckpt
+    ckpt.load_checkpoint(resumed, path)
+    resumed.run()
+    assert full == [0, 3, 6] and cut.starts + inner2.starts == full
