@@ -84,7 +84,8 @@ def save_checkpoint(engine, directory: str | os.PathLike | None = None,
     if directory is None:
         raise MLOError("save_checkpoint needs a directory (or EngineConfig.checkpoint_dir)")
     if not can_checkpoint(engine):
-        raise MLOError("cannot checkpoint in the middle of an unrolled window", kind="run")
+        raise MLOError("cannot checkpoint in the middle of an unrolled window or between "
+                       "accumulated updates (Config(gradient_accumulation=...))", kind="run")
     state = engine_state(engine)
     if not dist.is_main():
         return None

@@ -437,7 +437,8 @@ class Engine:
             return
         if not ckpt.can_checkpoint(self):
             self.history.info(f"no checkpoint at iteration {self.global_step}: inside an "
-                              f"unrolled window (the last one is at {self.last_checkpoint_step})")
+                              "unrolled window or between accumulated updates (the last one is "
+                              f"at {self.last_checkpoint_step})")
             return
         self._guard.check_parameters()
         self.save_checkpoint()
