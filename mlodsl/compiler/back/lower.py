@@ -64,7 +64,7 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         problems = {p.name: objects.build_problem(k, p)
                     for k, p in enumerate(program.problems)}
         losses = {p.name: objects.build_loss(p, problems) for p in program.problems}
-        edges = plan_edges(program, objects)
+        edges = plan_edges(program, objects, problems)
         settings = engine_settings(objects, seed)
         validate, node = objects.validate_function(problems)
     levels = program_levels(program)
@@ -74,10 +74,12 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         file=program.file, problems={n: problems[n] for n in by_level}, order=order,
         levels=dict(levels), edges=edges, losses={n: losses[n] for n in by_level},
         engine_settings=settings, search_path=path, sources=sources, validate=validate,
-        validate_node=node, warnings=objects.warnings, descriptions=objects.descriptions)
+        validate_node=node, early_stop_node=early_stop_node(objects),
+        warnings=objects.warnings, descriptions=objects.descriptions)
 
 
-def plan_edges(program: ir.Program, objects: Instantiator) -> list[Edge]:
+def plan_edges(program: ir.Program, objects: Instantiator,
+               problems: dict[str, Any]) -> list[Edge]:
     """Every depends edge with its method, ``every`` and warm-up, and where each came from.
 
     The method: ``via``, else the headers (the Python route's Config rule), else the upper's
@@ -90,35 +92,33 @@ def plan_edges(program: ir.Program, objects: Instantiator) -> list[Edge]:
     for p in program.problems:
         own_hg = p.field("hypergrad")
         for e in p.edges:
-            out.append(_plan_edge(p, e, program, objects, configs, own_hg, engine_hg,
+            out.append(_plan_edge(p, e, program, objects, problems, configs, own_hg, engine_hg,
                                   graph.in_degree(p.name) > 0))
     return out
 
 
 def _plan_edge(p: ir.Problem, e: ir.Edge, program: ir.Program, objects: Instantiator,
-               configs: dict[str, Config], own_hg, engine_hg, upper_has_uppers: bool
-               ) -> Edge:
+               problems: dict[str, Any], configs: dict[str, Config], own_hg, engine_hg,
+               upper_has_uppers: bool) -> Edge:
     """One edge ``p depends e.target``: see :func:`plan_edges`."""
     rule = edge_settings(configs[p.name], configs[e.target], upper_has_uppers=upper_has_uppers)
 
     def origin(name: str) -> str:
         return f"header of '{p.name if rule.sources[name] == 'upper' else e.target}'"
 
-    given: set[str] = set()  # arguments the chosen method call spells out
     if e.method is not None:
         choice, source = objects.method(e.method), "via"
-        given = _given_arguments(e.method)
-    elif rule.sources["type"] != "default":
-        choice, source = MethodChoice(rule.method, rule.args), origin("type")
+    elif rule.sources["type"] != "default":  # Config's method with Config's defaults
+        choice = MethodChoice(rule.method, rule.args, given=())
+        source = origin("type")
     elif own_hg is not None:
         choice, source = objects.method(own_hg.value), f"hypergrad of '{p.name}'"
-        given = _given_arguments(own_hg.value)
     elif engine_hg is not None:
         choice, source = objects.method(engine_hg.value), "engine hypergrad"
-        given = _given_arguments(engine_hg.value)
     else:
-        choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
-    args = dict(choice.args)
+        choice, source = MethodChoice("darts", METHODS["darts"].bind({}), given=()), "default"
+    given = choice.given  # arguments the program wrote (the rest are defaults)
+    args, note = dict(choice.args), ""
     arg_sources = {}
     ends = [(configs[e.target], e.target), (configs[p.name], p.name)]
     for arg in METHODS[choice.name].arguments:
@@ -131,8 +131,13 @@ def _plan_edge(p: ir.Problem, e: ir.Edge, program: ir.Program, objects: Instanti
                 args[arg.name] = getattr(cfg, name)
                 arg_sources[arg.name] = f"header of '{who}'"
                 break
+    # neumann's alpha from the lower's lr, unless the program gave one (a header's type means
+    # Config's method, whose default alpha is Config's).
+    if choice.name == "neumann" and "alpha" not in given and "alpha" not in arg_sources \
+            and not source.startswith("header of"):
+        args["alpha"], note = neumann_alpha(problems[e.target])
     if e.every is not None:
-        every, every_source = e.every, "every"
+        every, every_source = every_of(objects, p, e), "every"
     elif rule.sources["unroll_steps"] != "default":
         every, every_source = rule.every, origin("unroll_steps")
     else:
@@ -151,17 +156,56 @@ def _plan_edge(p: ir.Problem, e: ir.Edge, program: ir.Program, objects: Instanti
         origins["warm-up"] = warmup_source
     origins.update(arg_sources)
     return Edge(p.name, e.target, every=every, warmup=rule.warmup, method=choice.name,
-                args=args, source=source, origins=origins)
+                args=args, source=source, where=edge_position(objects.sources, e), note=note,
+                origins=origins)
 
 
-def _given_arguments(expr: ir.Expr) -> set[str]:
-    """The arguments a method call spells out (``neumann(iterations=3)``)."""
-    if not isinstance(expr, ir.Call):
-        return set()
-    names = {kw.name for kw in expr.kwargs}
-    if expr.args and isinstance(expr.func, ir.Name) and expr.func.name in METHODS:
-        names |= {a.name for a in METHODS[expr.func.name].arguments[:len(expr.args)]}
-    return names
+def every_of(objects: Instantiator, p: ir.Problem, e: ir.Edge) -> int:
+    """An edge's ``every``: any integer expression (a literal, a ``let``, ``2 * k``) >= 1."""
+    if e.every is None:
+        return 1
+    value = objects.interp(f"'every' of '{p.name} depends {e.target}'").run(e.every)
+    if hasattr(value, "numel") and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()  # a one-element integer tensor
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise objects.sources.error(e.every, f"'every' of '{p.name} depends {e.target}' must "
+                                    f"be an integer >= 1, got {value!r}",
+                                    f"'every N' lets '{e.target}' step N times per step of "
+                                    f"'{p.name}'")
+    return value
+
+
+def neumann_alpha(lower: Any) -> tuple[float, str]:
+    """``neumann``'s default step in a ``.mlo`` program: the lower's learning rate.
+
+    The series converges for ``alpha < 2 / lambda_max(H)``, and gradient descent on the
+    lower is stable under the same condition on its learning rate, so a lower that trains
+    with SGD at ``lr`` makes ``alpha = lr`` safe. (Python programs keep ``Config``'s 1.0.)
+    """
+    try:
+        lr = float(lower.optimizer.param_groups[0]["lr"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return METHODS["neumann"].bind({})["alpha"], ""
+    return lr, f"alpha = the lr of '{lower.name}'"
+
+
+def edge_position(sources: SourceMap, e: ir.Edge) -> str:
+    """``FILE:LINE:COL`` of an edge: its ``via`` method when it has one, else its target."""
+    if e.method is not None:
+        return f"{sources.file_of(e.method)}:{e.method.span.line}:{e.method.span.column}"
+    return f"{sources.file_of(e)}:{e.target_span.line}:{e.target_span.column}"
+
+
+def early_stop_node(objects: Instantiator) -> Any:
+    """Where ``early_stop`` names its metric (``metric="acc"``), else the field's value."""
+    f = objects.field("early_stop")
+    if f is None:
+        return None
+    if isinstance(f.value, ir.Call):
+        for kw in f.value.kwargs:
+            if kw.name == "metric":
+                return kw.value
+    return f.value
 
 
 def engine_settings(objects: Instantiator, seed: int | None) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def check_settings(p: ir.Problem, problems: Mapping[str, ir.Problem],
                                                        f"'{p.name}'")
         except SettingError as err:
             error(s.value.span, str(err), err.hint)
-    _check_against_edges(p, problems, seen, values, error, warning)
+    _check_against_edges(p, problems, seen, values, lets, error, warning)
     _check_against_fields(p, seen, values, lets, error)
 
 
@@ -115,7 +115,7 @@ def _governed_edges(p: ir.Problem, problems: Mapping[str, ir.Problem]):
                 yield q, e, False
 
 
-def _check_against_edges(p, problems, seen, values, error, warning) -> None:
+def _check_against_edges(p, problems, seen, values, lets, error, warning) -> None:
     edges = list(_governed_edges(p, problems))
     edge_keys = [n for n in seen if CONFIG_ROLES[n] in ("edge", "method")]
     if not edges:
@@ -136,10 +136,11 @@ def _check_against_edges(p, problems, seen, values, error, warning) -> None:
                   f"{where} says 'via {_show(e.method)}'",
                   "say it once: drop the setting or the 'via'")
         u = seen.get("unroll_steps")
-        if u is not None and e.every is not None and values.get("unroll_steps") not in (
-                None, e.every):
+        every = literal_value(e.every, lets) if e.every is not None else UNKNOWN
+        if u is not None and every is not UNKNOWN and values.get("unroll_steps") not in (
+                None, every):
             error(u.value.span, f"the header of '{p.name}' says {u.name}="
-                  f"{values['unroll_steps']!r}, but {where} says 'every {e.every}'",
+                  f"{values['unroll_steps']!r}, but {where} says 'every {_show(e.every)}'",
                   "say it once: drop the setting or the 'every'")
         if isinstance(e.method, ir.Call):
             for n, s in seen.items():
