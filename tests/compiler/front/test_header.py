@@ -141,3 +141,13 @@ def test_a_header_may_span_lines_and_an_unclosed_one_points_at_its_bracket():
         parse('problem p <type="darts"\nproblem q { }\n')
     [d] = err.value.diagnostics
     assert (d.span.line, d.hint) == (2, "the '<' at line 1, column 11 is not closed")
+
+
+def test_fmt_moves_comments_inside_a_multi_line_header_above_it():
+    src = ('problem p <\n    type="darts",  # the method\n    step=1,\n> depends q {  # here\n'
+           '    module = M()\n}\n')
+    out = format_program(src)
+    assert out.splitlines()[:3] == ["# the method",
+                                    'problem p <type="darts", step=1> depends q {  # here',
+                                    "    module = M()"]
+    assert format_program(out) == out and parse(out) == parse(src)
