@@ -38,6 +38,7 @@ import torch
 
 from mlodsl.runtime.compiled.iteration import CAPTURED_METHODS, CapturedIteration
 from mlodsl.runtime.compiled.optimizers import NotCapturable, functional_optimizer
+from mlodsl.runtime.problem import Problem
 
 __all__ = ["WholeIteration", "program_reasons", "Verdict"]
 
@@ -84,7 +85,7 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
     def one_step_window(e) -> bool:  # see iteration.unroll_obstacle
         return (e.every == 1 and not getattr(e, "warmup", 0) and len(uppers_of[e.lower]) == 1
                 and not any(o.upper == e.lower for o in edges)
-                and problems[e.lower].accumulation_steps() == 1)
+                and problems[e.lower].accumulation_steps(unrolled=True) == 1)
 
     unrolled = {e.lower: e for e in edges if e.method == "unroll" and not one_step_window(e)}
     for name, problem in problems.items():
@@ -97,6 +98,12 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
                 functional_optimizer(problem.optimizer, problem.trainable_parameters())
             except NotCapturable as why:
                 reason, field = str(why), "optimizer"
+        if reason is None and type(problem).on_inner_loop_start is not \
+                Problem.on_inner_loop_start:
+            reason = "its on_inner_loop_start hook runs Python between steps"
+        if reason is None and problem.steps_per_update(unrolled=False) != 1:
+            reason = ("Config.gradient_accumulation keeps gradients between steps (Betty's "
+                      "accumulation; the .mlo field grad_accum accumulates within a step)")
         if reason is None and name in iterative:
             reason = "an IterativeProblem's steps are unrolled across iterations"
         where = locate(name, field) if field else None

@@ -36,6 +36,7 @@ torch.compile the same function runs eagerly, which is how the tests compare it 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import torch
@@ -46,7 +47,7 @@ from mlodsl.runtime.compiled.optimizers import FunctionalOptimizer, NotCapturabl
 from mlodsl.runtime.vectors import norm as _vector_norm
 from mlodsl.runtime.hypergrad.cg import conjugate_gradient
 from mlodsl.runtime.hypergrad.neumann import neumann_inverse_hvp
-from mlodsl.runtime.problem import Problem
+from mlodsl.runtime.problem import Problem, call_param_callback
 
 __all__ = ["CapturedIteration", "CAPTURED_METHODS", "trainable_names"]
 
@@ -82,7 +83,7 @@ def unroll_obstacle(engine, lower: str) -> str | None:
     if len(edges) != 1 or edges[0].every != 1 or edges[0].warmup:
         return "an unroll window longer than one step spans iterations"
     problem = engine.problems[lower]
-    if engine.descendants_bottom_up(lower) or problem.accumulation_steps() != 1:
+    if engine.descendants_bottom_up(lower) or problem.accumulation_steps(unrolled=True) != 1:
         return "unroll through a lower with lowers or grad_accum runs eagerly"
     return None
 
@@ -93,13 +94,18 @@ class _Step:
     def __init__(self, engine, name: str):
         problem = engine.problems[name]
         self.name = name
-        self.accum = problem.accumulation_steps()
+        unrolled = engine.is_unrolled(name)
+        self.accum = problem.accumulation_steps(unrolled=unrolled)
+        if problem.steps_per_update(unrolled=unrolled) != 1:
+            raise NotCapturable("Config.gradient_accumulation keeps gradients between steps "
+                                "(Betty's accumulation)")
         clip = problem.clip_norm()
         self.clip = float(clip) if clip and clip > 0 else None
         self.optimizer = FunctionalOptimizer(problem.optimizer, problem.trainable_parameters())
         self.callbacks: list[Callable] = []
-        if type(problem).param_callback is not Problem.param_callback:
-            self.callbacks.append(problem.param_callback)
+        if type(problem).param_callback is not Problem.param_callback \
+                or "param_callback" in vars(problem):
+            self.callbacks.append(functools.partial(call_param_callback, problem))
         if problem.after_step is not None:
             self.callbacks.append(problem.after_step)
         self.below = list(engine.descendants_bottom_up(name))
@@ -131,7 +137,7 @@ class CapturedIteration:
 
     def __init__(self, engine, pattern: Sequence[str]):
         self.pattern = tuple(pattern)
-        self.problems = dict(engine.problems)
+        self.problems = dict(engine.problems.items())
         self.holder = _Holder(self.problems)
         self.keys = {n: [f"mods.{n}.{k}" for k in trainable_names(p)]
                      for n, p in self.problems.items()}
