@@ -142,13 +142,15 @@ class HPO(ImplicitProblem):
 def api_engine(method: str, *, compile: bool, iterations: int = 50, every: int = 1,
                lower_opt=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
                upper_opt=lambda p: torch.optim.Adam(p, lr=0.01), engine: dict | None = None,
-               **method_fields):
+               lower_class=None, lower_config: dict | None = None, **method_fields):
     """The Python API route's engine (fresh modules, data and seeds); ``engine``: more
-    ``EngineConfig`` fields."""
+    ``EngineConfig`` fields; ``lower_class``, ``lower_config``: the lower's class (default
+    :class:`Classifier`) and ``Config`` fields."""
     net, decay = _modules()
     mlo = dict(type=method, unroll_steps=every, **method_fields)
-    classifier = Classifier(name="classifier", module=net, optimizer=lower_opt(net.parameters()),
-                            train_data_loader=Loader(1), config=Config())
+    classifier = (lower_class or Classifier)(
+        name="classifier", module=net, optimizer=lower_opt(net.parameters()),
+        train_data_loader=Loader(1), config=Config(**(lower_config or {})))
     hpo = HPO(name="hpo", module=decay, optimizer=upper_opt(decay.parameters()),
               train_data_loader=Loader(2), config=Config(**mlo))
     return Engine(config=EngineConfig(train_iters=iterations, valid_step=0, seed=0,

@@ -71,3 +71,25 @@ def test_a_module_with_buffers_keeps_every_pattern_eager():
     messages = _run_warned(engine)
     assert len(messages) == 1 and "buffers" in messages[0]
     assert engine.whole_iteration.captured_iterations == 0
+
+
+def test_betty_hooks_and_cross_step_accumulation_stay_eager():
+    """A problem with an on_inner_loop_start hook (Python between steps), and Betty's
+    gradient accumulation across steps (gradients kept between iterations), run eagerly."""
+    from tests.support.compiled_programs import Classifier
+
+    class Hooked(Classifier):
+        def on_inner_loop_start(self):
+            self.starts = getattr(self, "starts", 0) + 1
+
+    engine = api_engine("darts", compile=True, iterations=4, darts_alpha=0.01,
+                        lower_class=Hooked)
+    messages = _run_warned(engine)
+    assert len(messages) == 1 and "on_inner_loop_start" in messages[0], messages
+    assert engine.problems["classifier"].starts == 4
+
+    engine = api_engine("darts", compile=True, iterations=4, darts_alpha=0.01,
+                        lower_config=dict(gradient_accumulation=2))
+    messages = _run_warned(engine)
+    assert len(messages) == 1 and "gradient_accumulation" in messages[0], messages
+    assert engine.whole_iteration.captured_iterations == 0
