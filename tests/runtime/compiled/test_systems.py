@@ -60,3 +60,31 @@ def test_lr_scheduler_steps_outside_the_graph():
     assert captured.problems["classifier"].optimizer.param_groups[0]["lr"] == pytest.approx(
         0.1 * 0.5 ** 4)
     assert_same_parameters(parameters(eager), parameters(captured))
+
+
+def test_training_state_holds_the_captured_state():
+    """The captured function writes parameters and optimizer states into the live tensors,
+    so engine.training_state() (what checkpoints save) is the eager engine's."""
+    states = []
+    for compile in (False, True):
+        engine = api_engine("cg", compile=compile, iterations=12, cg_iterations=2)
+        engine.run()
+        states.append(engine.training_state())
+    eager, captured = states
+    assert captured.global_step == eager.global_step == 12
+    for name in ("classifier", "hpo"):
+        assert captured.problems[name].count == eager.problems[name].count
+        for key, t in eager.problems[name].module.items():
+            _close(captured.problems[name].module[key], t)
+        opt_e = eager.problems[name].optimizer["state"]
+        opt_c = captured.problems[name].optimizer["state"]
+        assert opt_e.keys() == opt_c.keys()
+        for i in opt_e:
+            for k, v in opt_e[i].items():
+                _close(opt_c[i][k], v)
+
+
+def _close(a, b, rtol=1e-5):
+    """Agreement on the tensor's own scale (rounding in small entries is not a difference)."""
+    scale = b.abs().max().clamp_min(1e-12)
+    assert float((a - b).abs().max() / scale) <= rtol
