@@ -449,6 +449,11 @@ class _Lowering:
             out["checkpoint_every"] = self.engine_int("checkpoint_every")
         if self.field("checkpoint_keep") is not None:
             out["checkpoint_keep"] = self.engine_int("checkpoint_keep")
+        if self.field("timeout") is not None:
+            f = self.field("timeout")
+            out["timeout"] = float(self.number(f, self.interp("engine timeout").run(f.value),
+                                               "the engine", integer=False, minimum=0,
+                                               strict=True))
         if self.field("early_stop") is not None:
             out.update(self.early_stop())
         self._check_engine_config(out)

@@ -25,6 +25,7 @@ the run folder (:class:`~mlodsl.runtime.logging.RunWriter`).
 """
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -174,6 +175,7 @@ class Engine:
             dist.setup(self.config.backend)
             requested = dist.local_device(requested)
             self.history.console = dist.is_main()  # only rank 0 logs
+            self.history.show_warnings = dist.is_main()
         self._device = resolve_device(requested)
         for p in self.problems.values():
             p._initialize(self, self._device)
@@ -404,6 +406,8 @@ class Engine:
         Call before :meth:`run`; the run then continues from the checkpoint's iteration.
         """
         self._resumed = ckpt.load_latest(self, directory)
+        if self._resumed:  # that checkpoint is on disk: the newest good one, so far
+            self._last_checkpoint_step = self.global_step
         return self._resumed
 
     def save_checkpoint(self, directory: str | None = None):
@@ -417,6 +421,15 @@ class Engine:
         if self._run_started:  # a second run() continues; nothing to set up again
             return
         self._run_started = True
+        if self.config.checkpoint_every and not self.config.checkpoint_dir:
+            if not self.config.run_dir:
+                raise MLOError("EngineConfig(checkpoint_every=...) needs somewhere to write: "
+                               "set checkpoint_dir (or run_dir: checkpoints then go to "
+                               "run_dir/checkpoints)")
+            self.config.checkpoint_dir = os.path.join(self.config.run_dir, "checkpoints")
+        if self.config.checkpoint_dir and dist.is_main():
+            # Found now, not after all the training: a folder that cannot be written.
+            ckpt.check_writable(self.config.checkpoint_dir)
         if self.config.resume_from and not self._resumed:
             self.resume(self.config.resume_from)
         self._seed()
@@ -442,7 +455,14 @@ class Engine:
         if self._checkpoint_due and ckpt.can_checkpoint(self):
             self._checkpoint_due = False
             self._check_parameters_finite()
-            self.save_checkpoint()
+            try:
+                self.save_checkpoint()
+            except ckpt.CheckpointWriteError as err:
+                # The state is still in memory: train on, try again at the next checkpoint.
+                nxt = (self.global_step // every + 1) * every if every else "the end"
+                self.history.warn(f"{err.diagnostics[0].message}; training goes on, the next "
+                                  f"try is at iteration {nxt} (the newest checkpoint on disk "
+                                  f"is {self._describe_last_checkpoint()})")
         interrupted = self._interrupt is not None
         if self.distributed:  # a signal may reach only some ranks: agree before stopping
             interrupted = dist.any_flag(interrupted)
@@ -463,7 +483,18 @@ class Engine:
                               f"unrolled window (the last one is at {self._last_checkpoint_step})")
             return
         self._check_parameters_finite()
-        self.save_checkpoint()
+        try:
+            self.save_checkpoint()
+        except ckpt.CheckpointWriteError as err:
+            raise MLOError(f"{err.diagnostics[0].message}: the state of iteration "
+                           f"{self.global_step} is not saved (the newest checkpoint on disk is "
+                           f"{self._describe_last_checkpoint()})", kind="run",
+                           hint="free disk space or choose another folder, and run again "
+                                "with --resume") from err
+
+    def _describe_last_checkpoint(self) -> str:
+        last = self._last_checkpoint_step
+        return f"iteration {last}" if last is not None else "none"
 
     def _check_parameters_finite(self) -> None:
         """Before a checkpoint: every problem's parameters are finite, or the run stops here.

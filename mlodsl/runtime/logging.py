@@ -45,12 +45,15 @@ class MetricsLog:
         self.records: list[dict] = []
         self.sinks: list[Callable[[dict], None]] = []
         self.console = console
+        #: Whether warnings reach stderr even when ``console`` is off (``--quiet``); the
+        #: engine turns it off on ranks other than 0.
+        self.show_warnings = True
 
-    def _emit(self, record: dict, line: str) -> None:
+    def _emit(self, record: dict, line: str, always: bool = False) -> None:
         self.records.append(record)
         for sink in self.sinks:
             sink(record)
-        if self.console:
+        if self.console or always:
             print(line, file=sys.stderr, flush=True)
 
     def log_problem(self, iteration: int, problem: str, step: int, loss: Any,
@@ -71,6 +74,12 @@ class MetricsLog:
     def info(self, message: str) -> None:
         """Record a message."""
         self._emit({"kind": "info", "message": message}, message)
+
+    def warn(self, message: str) -> None:
+        """Record something the user must know (a checkpoint not written, a setting a resume
+        does not use); printed even without ``console``."""
+        self._emit({"kind": "warning", "message": message}, f"mlodsl: warning: {message}",
+                   always=self.show_warnings)
 
     def validation(self) -> list[dict]:
         """The validation records only."""
