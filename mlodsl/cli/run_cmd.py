@@ -70,12 +70,10 @@ def _run_folders(args) -> tuple[str, str | None]:
         resume = args.resume
         if os.path.isdir(os.path.join(resume, "checkpoints")):
             return (args.out or resume), os.path.join(resume, "checkpoints")
-        if any(n.startswith("ckpt-") for n in os.listdir(resume)) if os.path.isdir(resume) \
-                else False:
+        if os.path.isdir(resume) and any(n.startswith("ckpt-") for n in os.listdir(resume)):
             return (args.out or os.path.dirname(os.path.abspath(resume))), resume
-        from mlodsl.diagnostics import MLOError
-        raise MLOError(f"--resume {resume}: no run folder with checkpoints there",
-                       hint="give the folder of an earlier `mlodsl run` (it holds checkpoints/)")
+        # Nothing to resume from: run_folder.prepare says so (exit status 2).
+        return (args.out or resume), os.path.join(resume, "checkpoints")
     return (args.out or default_run_dir(args.file)), None
 
 
@@ -99,9 +97,8 @@ def _launch(args, out: str) -> int:
 
 def main(args) -> int:
     """Run ``mlodsl run``; returns the exit status."""
-    from mlodsl.cli.compile_cmd import print_warnings
-    from mlodsl.compiler.api import compile as compile_program
     from mlodsl.diagnostics import MLOError
+    from mlodsl.runtime import run_folder
 
     if args.nproc < 1:
         raise MLOError(f"--nproc must be >= 1, got {args.nproc}")
@@ -111,24 +108,66 @@ def main(args) -> int:
     distributed_child = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not distributed_child:
         return _launch(args, out)
-    if distributed_child:
-        # Join the group before compiling: data loaders are sharded when they are built.
-        from mlodsl.runtime import distributed as dist
-        dist.setup(None)
-    plan = compile_program(args.file, overrides=_overrides(args))
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    # Rank 0 owns the folder: locked and checked before compiling, so that a second run on
+    # it, or a folder that cannot be written, fails at once.
+    lock = run_folder.prepare(out, resume) if main_rank else None
+    try:
+        if lock is not None and lock.taken_over:
+            sys.stderr.write(f"mlodsl: note: {out} was locked by a run that is no longer "
+                             f"running ({lock.taken_over}); taking it over\n")
+        return _compile_and_run(args, out, resume, main_rank)
+    finally:
+        if lock is not None:
+            lock.release()
+            run_folder.remove_if_empty(out)
+
+
+def _compile_and_run(args, out: str, resume: str | None, main_rank: bool) -> int:
+    from mlodsl.cli.compile_cmd import print_warnings
+    from mlodsl.compiler.api import compile as compile_program
+
+    # A distributed child joins its process group in the engine (with the program's
+    # timeout); data loaders built while compiling shard by torchrun's RANK/WORLD_SIZE.
+    plan = compile_program(args.file, overrides=_overrides(args))
     if main_rank:
         print_warnings(plan)
         sys.stderr.write(f"mlodsl: running {args.file} -> {out}\n")
     start = time.perf_counter()
-    plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
-             progress=not args.quiet, console=not args.quiet)
-    seconds = time.perf_counter() - start
+    ending = "failed"
+    try:
+        plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
+                 progress=not args.quiet, console=not args.quiet)
+        ending = "completed"
+    except KeyboardInterrupt:
+        ending = "interrupted"
+        raise
+    except SystemExit as stop:
+        ending = f"stopped (exit status {stop.code})"
+        raise
+    finally:
+        # Every ending leaves a summary (a crash, a signal, a failed checkpoint included).
+        if main_rank and plan.engine is not None:
+            summary = write_summary(plan, args, out, time.perf_counter() - start, ending)
     if main_rank:
-        summary = _summary(plan, args, out, seconds)
-        _write_json(os.path.join(out, "summary.json"), summary)
         sys.stdout.write(_final_text(summary) + "\n")
     return 0
+
+
+def write_summary(plan, args, out: str, seconds: float, ending: str) -> dict:
+    """Write ``summary.json`` (atomically) and return it; a failure to write is reported on
+    stderr, never raised (it must not hide why the run ended)."""
+    from mlodsl.runtime.run_folder import atomic_write
+
+    summary = _summary(plan, args, out, seconds)
+    summary["ending"] = ending
+    try:
+        os.makedirs(out, exist_ok=True)
+        atomic_write(os.path.join(out, "summary.json"), _json_text(summary))
+    except OSError as err:
+        sys.stderr.write(f"mlodsl: error: cannot write {os.path.join(out, 'summary.json')}: "
+                         f"{err.strerror or err}\n")
+    return summary
 
 
 def _summary(plan, args, out: str, seconds: float) -> dict:
@@ -149,7 +188,7 @@ def _summary(plan, args, out: str, seconds: float) -> dict:
     }
 
 
-def _write_json(path: str, data: dict) -> None:
+def _json_text(data: dict) -> str:
     import json
     import math
 
@@ -162,10 +201,7 @@ def _write_json(path: str, data: dict) -> None:
             return [clean(x) for x in v]
         return v
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(clean(data), f, indent=2)
-        f.write("\n")
+    return json.dumps(clean(data), indent=2) + "\n"
 
 
 def _final_text(summary: dict) -> str:

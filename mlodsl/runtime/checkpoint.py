@@ -41,13 +41,13 @@ import torch
 
 from mlodsl.diagnostics import MLOError
 from mlodsl.runtime import distributed as dist
+from mlodsl.runtime.run_folder import clean_stale_temp_files
 
 __all__ = ["save_checkpoint", "load_latest", "load_checkpoint", "list_checkpoints",
            "engine_state", "load_engine_state", "can_checkpoint", "state_checksum",
-           "CheckpointWriteError", "clean_stale_temp_files", "check_writable"]
+           "CheckpointWriteError", "CheckpointMismatch", "read_checkpoint"]
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
-_TEMP = re.compile(r"^\.ckpt-\d+\.pt\.(\d+)\.tmp$")
 FORMAT_VERSION = 2
 _READABLE_FORMATS = (1, 2)  # 1: before checksums (still loaded, without verification)
 
@@ -377,26 +377,54 @@ def save_checkpoint(engine, directory: str | os.PathLike | None = None,
     d = Path(directory)
     final = d / f"ckpt-{engine.global_step:08d}.pt"
     tmp = d / f".{final.name}.{os.getpid()}.tmp"
+    out = None
     try:
         d.mkdir(parents=True, exist_ok=True)
-        clean_stale_temp_files(d)
+        clean_stale_temp_files(d)  # of runs killed mid-write
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            out = _Recording(f)
+            torch.save(state, out)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)  # atomic on POSIX: readers see the old set or the new file whole
         _fsync_dir(d)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch's writer turns I/O errors into RuntimeError
+        cause = out.error if out is not None and out.error is not None else err
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise CheckpointWriteError(f"could not write checkpoint {final}: "
-                                   f"{err.strerror or err}", kind="run") from err
+        reason = getattr(cause, "strerror", None) or f"{type(cause).__name__}: {cause}"
+        raise CheckpointWriteError(f"could not write checkpoint {final}: {reason}",
+                                   kind="run") from err
     keep = engine.config.checkpoint_keep if keep is None else keep
     if keep and keep > 0:
         _prune(d, keep, state["meta"].get("metric"), engine.global_step)
     return final
+
+
+class _Recording:
+    """A file wrapper that remembers the OSError a write raised (torch reports it vaguely)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        """Write ``data``; remember an OSError before re-raising it."""
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        """Flush the underlying file."""
+        try:
+            self._f.flush()
+        except OSError as err:
+            self.error = err
+            raise
 
 
 def _prune(d: Path, keep: int, metric: dict | None, step: int) -> None:
@@ -433,50 +461,6 @@ def _better(new: dict, old: dict | None) -> bool:
     if old is None or old["name"] != new["name"] or old["mode"] != new["mode"]:
         return True
     return new["value"] < old["value"] if new["mode"] == "min" else new["value"] > old["value"]
-
-
-def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Remove temporary checkpoint files left by processes that no longer run; return them."""
-    removed = []
-    d = Path(directory)
-    if not d.is_dir():
-        return removed
-    for f in d.iterdir():
-        m = _TEMP.match(f.name)
-        if m and not _alive(int(m.group(1))):
-            try:
-                f.unlink()
-                removed.append(f)
-            except OSError:
-                pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (our own pid counts as not stale)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def check_writable(directory: str | os.PathLike) -> None:
-    """Make sure checkpoints can be written to ``directory`` before training starts."""
-    d = Path(directory)
-    probe = d / f".write-test.{os.getpid()}.tmp"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise MLOError(f"cannot write checkpoints to {d}: {err.strerror or err}", kind="program",
-                       hint="choose a writable folder (--out DIR, checkpoint_dir=...)") from err
 
 
 def _fsync_dir(d: Path) -> None:

@@ -10,16 +10,26 @@ and writes checkpoints; validation results are broadcast so that early stopping 
 ``ReduceLROnPlateau`` decide the same on every rank.
 
 Backends: ``gloo`` on the CPU, ``nccl`` on CUDA (one GPU per process, ``LOCAL_RANK``).
+
+Every rank waits at most ``timeout`` seconds (``EngineConfig.timeout``, 10 minutes by default)
+for the others, when joining the group and in every collective: a rank that died or hangs ends
+the run on every rank with an error that says so (:func:`collective`), rather than a job that
+hangs forever. A rank stopped by SIGTERM (torchrun stops the others when one fails) that cannot
+reach the end of its iteration within ``timeout`` exits without a final checkpoint
+(:func:`exit_after`).
 Several machines work through torchrun's own arguments (``--nnodes``, ``--rdzv-endpoint``);
 see ``docs/systems.md``.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import socket
 import subprocess
 import sys
-from typing import Any, Callable, Sequence
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,7 +38,12 @@ from mlodsl.diagnostics import MLOError
 
 __all__ = ["is_active", "rank", "world_size", "is_main", "wants_distributed", "setup",
            "local_device", "broadcast_parameters", "average_gradients", "average_tensors",
-           "broadcast_object", "gather_objects", "any_flag", "launch"]
+           "broadcast_object", "gather_objects", "any_flag", "launch", "collective",
+           "exit_after", "DEFAULT_TIMEOUT"]
+
+#: Seconds a rank waits for the others (``EngineConfig.timeout``'s default).
+DEFAULT_TIMEOUT = 600.0
+_timeout = DEFAULT_TIMEOUT  # the group's, once set up
 
 
 def is_active() -> bool:
@@ -74,12 +89,14 @@ def wants_distributed(strategy: str) -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or is_active()
 
 
-def setup(backend: str | None = None) -> None:
+def setup(backend: str | None = None, timeout: float | None = None) -> None:
     """Join the process group described by torchrun's environment (idempotent).
 
     ``backend`` None or ``"nccl"`` without CUDA falls back to ``gloo``: Betty's default
-    ``backend="nccl"`` then still works on the CPU.
+    ``backend="nccl"`` then still works on the CPU. ``timeout`` (seconds, default
+    :data:`DEFAULT_TIMEOUT`) bounds joining and every collective.
     """
+    global _timeout
     if not dist.is_available():
         raise MLOError("this build of torch has no torch.distributed", kind="run")
     if dist.is_initialized():
@@ -93,7 +110,39 @@ def setup(backend: str | None = None) -> None:
                             "--nproc_per_node N script.py`, or mlodsl.runtime.distributed.launch")
     if backend is None or (backend == "nccl" and not torch.cuda.is_available()):
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    _timeout = float(timeout if timeout is not None else DEFAULT_TIMEOUT)
+    with collective("joining the process group"):
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=_timeout))
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn the failure of a collective (a rank that died, or did not answer within the
+    timeout) into one clear error on this rank (exit status 1)."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as err:  # DistBackendError, DistNetworkError, timeouts
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise MLOError(
+            f"rank {rank()} of {world_size()}: {what} failed: another rank stopped or did not "
+            f"answer within the timeout of {_timeout:g} s ({type(err).__name__}: {first})",
+            kind="run", hint="the other ranks' messages say why; for steps slower than the "
+                             "timeout raise `timeout` in the engine block") from err
+
+
+def exit_after(seconds: float, message: str, status: int) -> threading.Timer:
+    """Exit the process with ``status`` after ``seconds`` unless cancelled (a daemon timer):
+    a rank told to stop that hangs (in user code, say) still ends."""
+    def stop() -> None:
+        sys.stderr.write(f"mlodsl: error: rank {rank()}: {message}\n")
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def local_device(requested: Any) -> Any:
@@ -116,7 +165,8 @@ def broadcast_parameters(modules: Sequence[torch.nn.Module]) -> None:
     with torch.no_grad():
         for module in modules:
             for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
+                with collective("broadcasting the parameters"):
+                    dist.broadcast(t.data, src=0)
 
 
 def average_tensors(tensors: Sequence[torch.Tensor]) -> None:
@@ -124,7 +174,8 @@ def average_tensors(tensors: Sequence[torch.Tensor]) -> None:
     if not is_active() or not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    with collective("averaging gradients (all_reduce)"):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
     offset = 0
     for t in tensors:
@@ -150,7 +201,8 @@ def average_differentiable(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return list(grads)
     from torch.distributed.nn.functional import all_reduce
 
-    return [all_reduce(g, op=dist.ReduceOp.SUM) / world_size() for g in grads]
+    with collective("averaging unrolled gradients (all_reduce)"):
+        return [all_reduce(g, op=dist.ReduceOp.SUM) / world_size() for g in grads]
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -158,7 +210,8 @@ def broadcast_object(obj: Any) -> Any:
     if not is_active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with collective("broadcasting from rank 0"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -167,7 +220,8 @@ def gather_objects(obj: Any) -> list[Any] | None:
     if not is_active():
         return [obj]
     out = [None] * world_size() if is_main() else None
-    dist.gather_object(obj, out, dst=0)
+    with collective("gathering the checkpoint's per-rank state"):
+        dist.gather_object(obj, out, dst=0)
     return out
 
 
@@ -178,7 +232,8 @@ def any_flag(flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0])
     if dist.get_backend() == "nccl":
         t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    with collective("agreeing on whether to stop (all_reduce)"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
 

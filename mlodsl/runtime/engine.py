@@ -47,6 +47,7 @@ from mlodsl.runtime.logging import MetricsLog, make_sinks
 from mlodsl.runtime.precision import Precision
 from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
+from mlodsl.runtime.run_folder import check_writable
 from mlodsl.runtime.schedule import Schedule, ScheduleEdge
 from mlodsl.runtime.stepping import end_unroll_window, take_step
 
@@ -172,7 +173,7 @@ class Engine:
         requested = device if device is not None else getattr(self.config, "device", None)
         self.distributed = dist.wants_distributed(self.config.strategy)
         if self.distributed:
-            dist.setup(self.config.backend)
+            dist.setup(self.config.backend, self.config.timeout)
             requested = dist.local_device(requested)
             self.history.console = dist.is_main()  # only rank 0 logs
             self.history.show_warnings = dist.is_main()
@@ -429,16 +430,21 @@ class Engine:
             self.config.checkpoint_dir = os.path.join(self.config.run_dir, "checkpoints")
         if self.config.checkpoint_dir and dist.is_main():
             # Found now, not after all the training: a folder that cannot be written.
-            ckpt.check_writable(self.config.checkpoint_dir)
+            check_writable(self.config.checkpoint_dir, "the checkpoint folder")
         if self.config.resume_from and not self._resumed:
             self.resume(self.config.resume_from)
         self._seed()
         if dist.is_main():
             for sink in make_sinks(self.config.logger_type, self.config.run_dir, self.history):
                 if hasattr(sink, "truncate_after"):
-                    # Drop what an interrupted run logged after its last checkpoint.
-                    (sink.truncate_after(self.global_step) if self.global_step
-                     else sink.clear())
+                    if self._resumed or self.config.resume_from:
+                        # Drop what an interrupted run logged after its last checkpoint.
+                        sink.truncate_after(self.global_step)
+                    elif sink.holds_records():  # never mix two runs, never delete one
+                        raise MLOError(
+                            f"run_dir {self.config.run_dir} already holds the metrics of "
+                            "another run", hint="give a new folder, or resume_from=... to "
+                            "continue that run")
                 self.history.sinks.append(sink)
 
     def _make_progress(self):
@@ -458,11 +464,7 @@ class Engine:
             try:
                 self.save_checkpoint()
             except ckpt.CheckpointWriteError as err:
-                # The state is still in memory: train on, try again at the next checkpoint.
-                nxt = (self.global_step // every + 1) * every if every else "the end"
-                self.history.warn(f"{err.diagnostics[0].message}; training goes on, the next "
-                                  f"try is at iteration {nxt} (the newest checkpoint on disk "
-                                  f"is {self._describe_last_checkpoint()})")
+                self._checkpoint_failed(err, final=self.global_step >= self.config.train_iters)
         interrupted = self._interrupt is not None
         if self.distributed:  # a signal may reach only some ranks: agree before stopping
             interrupted = dist.any_flag(interrupted)
@@ -486,15 +488,23 @@ class Engine:
         try:
             self.save_checkpoint()
         except ckpt.CheckpointWriteError as err:
-            raise MLOError(f"{err.diagnostics[0].message}: the state of iteration "
-                           f"{self.global_step} is not saved (the newest checkpoint on disk is "
-                           f"{self._describe_last_checkpoint()})", kind="run",
-                           hint="free disk space or choose another folder, and run again "
-                                "with --resume") from err
+            self._checkpoint_failed(err, final=True)
 
-    def _describe_last_checkpoint(self) -> str:
+    def _checkpoint_failed(self, err: MLOError, final: bool) -> None:
+        """A checkpoint write failed (full disk...): the state is still in memory, so training
+        goes on and the next checkpoint tries again; the last one failing is an error."""
         last = self._last_checkpoint_step
-        return f"iteration {last}" if last is not None else "none"
+        on_disk = (f"the newest checkpoint on disk is iteration {last}" if last is not None
+                   else "no checkpoint is on disk yet")
+        message = err.diagnostics[0].message
+        if final:
+            raise MLOError(f"{message}: the state of iteration {self.global_step} is not saved "
+                           f"({on_disk})", kind="run", hint="free disk space or choose another "
+                           "folder, and run again (with --resume if a checkpoint is on disk)"
+                           ) from err
+        every = self.config.checkpoint_every
+        nxt = f"iteration {(self.global_step // every + 1) * every}" if every else "the end"
+        self.history.warn(f"{message}; training goes on, the next try is at {nxt} ({on_disk})")
 
     def _check_parameters_finite(self) -> None:
         """Before a checkpoint: every problem's parameters are finite, or the run stops here.
@@ -519,6 +529,12 @@ class Engine:
         def handler(signum, frame):
             if self._interrupt is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            if self._interrupt is None and self.distributed:
+                # torchrun stops every rank when one fails; one that hangs must still end.
+                dist.exit_after(self.config.timeout, f"stopped by {signal.Signals(signum).name}"
+                                f" and still not at the end of iteration {self.global_step} "
+                                f"after {self.config.timeout:g} s: exiting without a "
+                                "checkpoint", 128 + int(signum))
             self._interrupt = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,6 +12,7 @@ when the ``tensorboard`` package is installed (:func:`make_sinks` says so clearl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from mlodsl.runtime.run_folder import atomic_write, read_metrics, truncate_metrics
 
 __all__ = ["MetricsLog", "to_number", "RunWriter", "TensorBoardSink", "make_sinks"]
 
@@ -98,22 +101,28 @@ class RunWriter:
     """A MetricsLog sink writing a run folder: ``metrics.jsonl`` and ``metrics.csv``.
 
     ``metrics.jsonl`` gets one JSON object per record, appended and flushed at once (a killed
-    run keeps everything logged so far). ``metrics.csv`` has one row per record and a column per
-    key ever seen; it is rewritten when a new key appears (rare: the first records of a run).
-    On resume call :meth:`truncate_after` with the checkpoint's iteration, so that records the
-    interrupted run wrote after its last checkpoint are not repeated.
+    run keeps everything logged so far); it is never rewritten in place. ``metrics.csv`` has one
+    row per record and a column per key ever seen; it is rewritten (atomically) when a new key
+    appears (rare: the first records of a run). On resume call :meth:`truncate_after` with the
+    checkpoint's iteration, so that records the interrupted run wrote after its last checkpoint
+    are not repeated. ``warn`` reports lines of an existing file that are not records.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, warn: Callable[[str], None] | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
+        self._warn = warn
         self._rows: list[dict] = []
         self._columns: list[str] = []
         if self.jsonl.exists():
-            self._rows = read_records(self.jsonl)
+            self._rows = read_metrics(self.jsonl, warn)
             self._rewrite()
+
+    def holds_records(self) -> bool:
+        """Whether the folder already holds training or validation records (another run's)."""
+        return any(r.get("kind") in ("train", "validation") for r in self._rows)
 
     def __call__(self, record: dict) -> None:
         """Append one record to both files."""
@@ -127,19 +136,18 @@ class RunWriter:
             with open(self.csv, "a", newline="", encoding="utf-8") as f:
                 csv.DictWriter(f, self._columns).writerow(row)
 
-    def clear(self) -> None:
-        """Start the folder's metrics afresh (a new run in a used folder)."""
-        self._rows = []
-        self.jsonl.write_text("", encoding="utf-8")
-        self._rewrite()
-
     def truncate_after(self, iteration: int) -> None:
-        """Drop records of iterations after ``iteration`` (written before an interruption)."""
+        """Drop records of iterations after ``iteration`` (written before an interruption),
+        by an atomic rewrite (a kill during it leaves the old file whole)."""
+        try:
+            truncate_metrics(self.jsonl, iteration)
+        except OSError as err:
+            from mlodsl.diagnostics import MLOError
+            raise MLOError(f"cannot rewrite {self.jsonl} for the resume: "
+                           f"{err.strerror or err} (the file is unchanged)", kind="run",
+                           hint="free disk space and resume again") from err
         self._rows = [r for r in self._rows
                       if not isinstance(r.get("iteration"), int) or r["iteration"] <= iteration]
-        with open(self.jsonl, "w", encoding="utf-8") as f:
-            for row in self._rows:
-                f.write(json.dumps(row) + "\n")
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -147,27 +155,17 @@ class RunWriter:
         for row in self._rows:
             columns.extend(k for k in row if k not in columns)
         self._columns = columns
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(self._rows)
-        os.replace(tmp, self.csv)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(self._rows)
+        atomic_write(self.csv, text.getvalue())
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (a torn last line is ignored)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-    return out
+def read_records(path: str | os.PathLike, warn: Callable[[str], None] | None = None
+                 ) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (other lines skipped with a warning)."""
+    return read_metrics(path, warn)
 
 
 class TensorBoardSink:
@@ -201,7 +199,7 @@ def make_sinks(logger_type: str, run_dir: str | None, log: "MetricsLog") -> list
     """
     sinks: list[Callable] = []
     if run_dir:
-        sinks.append(RunWriter(run_dir))
+        sinks.append(RunWriter(run_dir, log.warn))
     if logger_type == "tensorboard":
         try:
             sinks.append(TensorBoardSink(Path(run_dir or "runs") / "tensorboard"))
