@@ -151,6 +151,8 @@ def _compile_and_run(args, out: str, resume: str | None, main_rank: bool) -> int
             summary = write_summary(plan, args, out, time.perf_counter() - start, ending)
     if main_rank:
         sys.stdout.write(_final_text(summary) + "\n")
+    from mlodsl.runtime import distributed as dist
+    dist.shutdown()  # every rank leaves the group together (none exits mid-conversation)
     return 0
 
 

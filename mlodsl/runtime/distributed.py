@@ -26,7 +26,6 @@ import contextlib
 import datetime
 import os
 import socket
-import subprocess
 import sys
 import threading
 from typing import Any, Callable, Iterator, Sequence
@@ -39,7 +38,7 @@ from mlodsl.diagnostics import MLOError
 __all__ = ["is_active", "rank", "world_size", "is_main", "wants_distributed", "setup",
            "local_device", "broadcast_parameters", "average_gradients", "average_tensors",
            "broadcast_object", "gather_objects", "any_flag", "launch", "collective",
-           "exit_after", "DEFAULT_TIMEOUT"]
+           "exit_after", "shutdown", "DEFAULT_TIMEOUT"]
 
 #: Seconds a rank waits for the others (``EngineConfig.timeout``'s default).
 DEFAULT_TIMEOUT = 600.0
@@ -129,6 +128,18 @@ def collective(what: str) -> Iterator[None]:
             f"answer within the timeout of {_timeout:g} s ({type(err).__name__}: {first})",
             kind="run", hint="the other ranks' messages say why; for steps slower than the "
                              "timeout raise `timeout` in the engine block") from err
+
+
+def shutdown() -> None:
+    """Leave the process group (every rank, at the end of a run): wait for the others, then
+    destroy it, so no rank exits while another still talks to it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        with collective("waiting for the other ranks to finish (barrier)"):
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def exit_after(seconds: float, message: str, status: int) -> threading.Timer:
@@ -262,7 +273,8 @@ def launch(nproc: int, fn_or_argv: Callable | Sequence[str], *args: Any) -> int:
     ``fn_or_argv`` is either a picklable function (a module-level one), started in each process
     by ``torch.multiprocessing.spawn`` with torchrun's environment set and called as
     ``fn(*args)``, or a command line (``["script.py", "--flag"]`` or ``["-m", "module", ...]``)
-    started by ``python -m torch.distributed.run --standalone --nproc_per_node nproc``. For
+    run as ``torchrun --standalone --nproc_per_node nproc`` would (torchrun's agent runs in
+    this process); failed ranks are reported one line each (how they ended), status 1. For
     several machines call torchrun yourself (``docs/systems.md``).
     """
     if nproc < 1:
@@ -272,6 +284,40 @@ def launch(nproc: int, fn_or_argv: Callable | Sequence[str], *args: Any) -> int:
 
         mp.spawn(_spawned, args=(nproc, _free_port(), fn_or_argv, args), nprocs=nproc, join=True)
         return 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", *[str(a) for a in fn_or_argv]]
-    return subprocess.call(cmd)
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(["--standalone", f"--nproc_per_node={nproc}",
+                                *[str(a) for a in fn_or_argv]])
+    try:
+        torchrun.run(args)  # torchrun itself, in this process: its failures are ours to word
+    except ChildFailedError as err:
+        first, _ = err.get_first_failure()  # torchrun's root cause
+        failures = dict(err.failures)
+        sys.stderr.write(describe_failures({first: failures.pop(first), **failures}) + "\n")
+        return 1
+    return 0
+
+
+def describe_failures(failures: dict) -> str:
+    """One line per failed rank (torchrun's ``ProcessFailure``s), the root cause first."""
+    import signal as _signal
+
+    def how(f) -> str:
+        code = getattr(f, "exitcode", None)
+        if isinstance(code, int) and code < 0:
+            try:
+                return f"was killed by {_signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        if isinstance(code, int) and code > 128:
+            try:
+                return f"stopped on {_signal.Signals(code - 128).name} (exit status {code})"
+            except ValueError:
+                pass
+        return f"ended with exit status {code}"
+
+    first = next(iter(failures))
+    lines = [f"mlodsl: error: distributed run failed: rank {first} {how(failures[first])}"]
+    lines += [f"  then rank {r} {how(f)}" for r, f in sorted(failures.items()) if r != first]
+    return "\n".join(lines)
