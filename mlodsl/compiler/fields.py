@@ -72,8 +72,8 @@ ENGINE_FIELDS: dict[str, FieldSpec] = _table(
     FieldSpec("hypergrad", False, "program-wide default hypergradient method", kind="method"),
     FieldSpec("checkpoint_every", False, "iterations between checkpoints", kind="positive_int"),
     FieldSpec("early_stop", False, "early-stopping rule on the validation metric"),
-    FieldSpec("checkpoint_keep", False, "number of newest checkpoints kept (plus the best one "
-              "when validating)", kind="positive_int", extension=True),
+    FieldSpec("checkpoint_keep", False, "number of newest checkpoints kept, 0 for all (plus "
+              "the best one when validating)", kind="nonneg_int", extension=True),
     FieldSpec("timeout", False, "seconds a distributed rank waits for the others (default 600)",
               kind="positive_number", extension=True),
     FieldSpec("on_nan", False, "reserved for the runtime: 'stop' or 'skip' on a NaN loss",

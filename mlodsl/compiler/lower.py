@@ -448,7 +448,7 @@ class _Lowering:
         if self.field("checkpoint_every") is not None:
             out["checkpoint_every"] = self.engine_int("checkpoint_every")
         if self.field("checkpoint_keep") is not None:
-            out["checkpoint_keep"] = self.engine_int("checkpoint_keep")
+            out["checkpoint_keep"] = self.engine_int("checkpoint_keep", minimum=0)
         if self.field("timeout") is not None:
             f = self.field("timeout")
             out["timeout"] = float(self.number(f, self.interp("engine timeout").run(f.value),

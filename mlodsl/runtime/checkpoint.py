@@ -237,7 +237,7 @@ def check_matches(engine, state: dict, path) -> None:
         elif a["groups"] != b["groups"]:
             diffs.append(f"problem '{name}': optimizer parameter groups of {a['groups']} "
                          f"tensors in the checkpoint, {b['groups']} in this program")
-        for key in sorted(set(a["module"]) | set(b["module"])):
+        for key in list(b["module"]) + [k for k in a["module"] if k not in b["module"]]:
             sa, sb = a["module"].get(key), b["module"].get(key)
             if sa != sb:
                 diffs.append(f"problem '{name}': '{key}' "
