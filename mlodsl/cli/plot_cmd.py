@@ -8,7 +8,6 @@ Torch is never imported.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from pathlib import Path

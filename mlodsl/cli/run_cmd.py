@@ -4,15 +4,18 @@
 Trains with a progress bar (the iteration rate, the time left and each problem's last loss),
 writes the run folder (default ``runs/<program-stem>-<timestamp>``):
 
-* ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record;
+* ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record (appended);
 * ``checkpoints/`` - the last checkpoints (every ``checkpoint_every`` iterations, and at the
   end or on Ctrl-C / SIGTERM), from which ``--resume DIR`` continues exactly;
 * ``summary.json`` - the program, the overrides, the iterations run, the time, the parameter
-  counts and the final validation metrics;
+  counts, the final validation metrics and how the run ended (written in every ending);
 
-and prints the final validation metrics. ``--nproc N`` runs N data-parallel processes on this
-machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
-(e.g. a loss that became NaN), 2 for an error in the program or its overrides.
+and prints the final validation metrics. The folder is guarded by
+:mod:`mlodsl.runtime.run_folder` before anything is compiled: a lock (a second run on it fails
+at once), no new run in a folder that holds one, ``--resume`` only from a checkpoint, write
+access checked. ``--nproc N`` runs N data-parallel processes on this machine (through
+``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure (e.g. a loss that
+became NaN), 2 for an error in the program, its overrides or the run folder.
 """
 from __future__ import annotations
 

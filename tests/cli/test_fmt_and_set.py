@@ -1,6 +1,5 @@
 """`mlodsl fmt` never leaves a partial file; `--set` values are data, never code."""
 import os
-from pathlib import Path
 
 import pytest
 

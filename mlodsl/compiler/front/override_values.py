@@ -163,7 +163,8 @@ def _binop(node: ir.BinOp, left: Any, right: Any, fail: Fail) -> Any:
     try:
         value = fn(left, right)
     except (ArithmeticError, TypeError, ValueError) as err:
-        raise fail(node, f"cannot compute this override value: {type(err).__name__}: {err}")
+        raise fail(node, f"cannot compute this override value: {type(err).__name__}: {err}"
+                   ) from None
     if isinstance(value, complex):
         raise fail(node, "the override's arithmetic gives a complex number")
     return _bounded(node, value, fail)
