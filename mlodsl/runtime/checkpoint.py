@@ -203,7 +203,8 @@ def unhonoured_settings(engine, state: dict) -> list[str]:
         saved = state["problems"].get(name, {}).get("optimizer", {}).get("param_groups", [])
         for i, (now, then) in enumerate(zip(p.optimizer.param_groups, saved)):
             for key, value in now.items():
-                if key in ("params", "initial_lr") or key not in then:
+                if key in ("params", "initial_lr") or key not in then or (
+                        p.scheduler is not None and key in _SCHEDULED):
                     continue
                 old = then[key]
                 if key == "lr" and "initial_lr" in now and "initial_lr" in then:
@@ -218,6 +219,11 @@ def unhonoured_settings(engine, state: dict) -> list[str]:
         notes.append(f"seed={engine.config.seed!r} is not used: the random state is the "
                      f"checkpoint's (seeded with {seed!r})")
     return notes
+
+
+# Hyperparameters that schedulers move as they go (OneCycleLR, CyclicLR): not comparable.
+_SCHEDULED = frozenset({"momentum", "betas", "max_lr", "min_lr", "base_momentum",
+                        "max_momentum", "base_lr"})
 
 
 def _same_setting(a: Any, b: Any) -> bool:

@@ -3,6 +3,7 @@ folder (a lock), no silent reuse, verified checkpoints, failed writes, odd metri
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -102,6 +103,9 @@ def test_a_new_run_never_reuses_a_folder_and_resume_needs_a_checkpoint(tmp_path,
     (tmp_path / "afile").write_text("x")
     status, _, err = cli(capsys, "run", prog, "--out", tmp_path / "afile", "--quiet")
     assert status == 2 and "a file is in the way" in err
+    # A folder that cannot be written is found before anything is compiled or trained.
+    status, _, err = cli(capsys, "run", prog, "--out", "/proc/mlodsl-run", "--quiet")
+    assert status == 2 and "cannot write to the run folder /proc/mlodsl-run" in err
     # A compile error leaves no empty run folder behind.
     status, _, err = cli(capsys, "run", prog, "--out", tmp_path / "new", "--set", "n=x")
     assert status == 2 and not (tmp_path / "new").exists()
@@ -112,6 +116,10 @@ def test_resume_truncates_metrics_atomically_and_keeps_odd_lines(tmp_path, capsy
     run = tmp_path / "run"
     assert cli(capsys, "run", prog, "--out", run, "--quiet")[0] == 0
     os.remove(run / "checkpoints" / "ckpt-00000008.pt")  # as if killed after iteration 8
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs: its temporary files are stale
+    stale = run / "checkpoints" / f".ckpt-00000008.pt.{gone.pid}.tmp"
+    stale.write_bytes(b"half a checkpoint")
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(b"\xff\xfe not utf-8\n[1, 2]\n")
     n = len((run / "metrics.jsonl").read_bytes().splitlines())
@@ -119,6 +127,7 @@ def test_resume_truncates_metrics_atomically_and_keeps_odd_lines(tmp_path, capsy
     assert status == 0, err
     assert f"metrics.jsonl:{n - 1}: skipped a line that is not UTF-8" in err
     assert f"metrics.jsonl:{n}: skipped a line that is a JSON list, not an object" in err
+    assert not stale.exists()
     lines = (run / "metrics.jsonl").read_bytes().splitlines()
     assert b"\xff\xfe not utf-8" in lines and b"[1, 2]" in lines  # kept, not ours to drop
     steps = [s for _, s, _ in _train(records(run))]
