@@ -8,6 +8,7 @@ A file that does not parse is reported like ``mlodsl check`` does, with status 2
 """
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["add_arguments", "main"]
@@ -51,7 +52,7 @@ def main(args) -> int:
             status = max(status, 1)
             continue
         try:
-            atomic_write(path, formatted)
+            atomic_write(os.path.realpath(path), formatted)  # a symlink stays a symlink
         except OSError as exc:
             sys.stderr.write(f"mlodsl: error: cannot write '{path}': {exc.strerror or exc} "
                              "(the file is unchanged)\n")

@@ -243,8 +243,18 @@ def load_engine_state(engine, state: dict, path: Any = None) -> None:
     if state.get("format") != FORMAT_VERSION:
         raise MLOError(f"checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}",
                        kind="run")
-    check_matches(engine, state, path if path is not None else "")
-    engine.load_training_state(TrainingState.from_checkpoint(state, dist.rank()))
+    where = path if path is not None else ""
+    check_matches(engine, state, where)
+    try:
+        engine.load_training_state(TrainingState.from_checkpoint(state, dist.rank()))
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        # What the description cannot see (a hand-made or very old file): still a clear
+        # refusal, never a bare KeyError.
+        raise CheckpointMismatch(
+            f"the checkpoint{' ' + str(where) if str(where) else ''} does not match this "
+            f"program: loading it failed ({type(err).__name__}: {' '.join(str(err).split())})",
+            kind="program",
+            hint="resume with the program (and overrides) that wrote it") from err
 
 
 # ----------------------------------------------------------------------------- files

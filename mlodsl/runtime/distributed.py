@@ -121,7 +121,7 @@ def collective(what: str) -> Iterator[None]:
     timeout) into one clear error on this rank (exit status 1)."""
     try:
         yield
-    except (RuntimeError, ValueError) as err:  # DistBackendError, DistNetworkError, timeouts
+    except RuntimeError as err:  # DistBackendError, DistNetworkError, timeouts
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise MLOError(
             f"rank {rank()} of {world_size()}: {what} failed: another rank stopped or did not "

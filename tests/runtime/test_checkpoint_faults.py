@@ -97,3 +97,15 @@ def test_checkpoints_without_a_checksum_still_load(tmp_path):
     torch.save(state, newest)
     engine = _compile(tmp_path, iterations=8).build_engine()
     assert engine.resume(str(cd)) and engine.global_step == 6
+
+
+def test_an_old_checkpoint_of_another_shape_is_still_a_clear_refusal(tmp_path):
+    cd = tmp_path / "ck"
+    _compile(tmp_path).run(checkpoint_dir=str(cd), console=False)
+    newest = ckpt.list_checkpoints(cd)[-1]
+    state = torch.load(newest, weights_only=True)
+    del state["checksum"], state["meta"]  # written before descriptions existed
+    torch.save(state, newest)
+    with pytest.raises(MLOError, match="does not match this program: loading it failed "
+                                       r"\(RuntimeError: .*size mismatch"):
+        _compile(tmp_path, width=3).build_engine().resume(str(cd))
