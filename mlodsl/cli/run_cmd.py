@@ -7,10 +7,12 @@ writes the run folder (default ``runs/<program-stem>-<timestamp>``):
 * ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record (appended);
 * ``checkpoints/`` - the last checkpoints (every ``checkpoint_every`` iterations, and at the
   end or on Ctrl-C / SIGTERM), from which ``--resume DIR`` continues exactly;
-* ``summary.json`` - the program, the overrides, the iterations run, the time, the parameter
-  counts, the final validation metrics and how the run ended (written in every ending);
+* ``summary.json`` and ``summary.md`` - how the run ended (finished, early-stopped, diverged,
+  interrupted, failed), the final and best validation, the final losses, the time and the
+  learned hyperparameters of small problems (:mod:`mlodsl.runtime.summary`), written in every
+  ending;
 
-and prints the final validation metrics. The folder is guarded by
+and prints the summary (``mlodsl show DIR`` prints it again). The folder is guarded by
 :mod:`mlodsl.runtime.run_folder` before anything is compiled: a lock (a second run on it fails
 at once), no new run in a folder that holds one, ``--resume`` only from a checkpoint, write
 access checked. ``--nproc N`` runs N data-parallel processes on this machine (through
@@ -60,11 +62,29 @@ def _overrides(args) -> list:
     from mlodsl.compiler.front.overrides import parse_override
 
     out = [parse_override(s) for s in args.set]
-    if args.iterations is not None:
-        out.append(parse_override(f"engine.iterations={args.iterations}", "--iterations"))
-    if args.device is not None:
-        out.append(parse_override(f"engine.device={args.device!r}", "--device"))
+    for option, target, value in (("--iterations", "iterations", args.iterations),
+                                  ("--device", "device", args.device)):
+        if value is None:
+            continue
+        _no_conflict(out, option, ("engine", target), value)
+        text = f"engine.{target}={value!r}"
+        out.append(parse_override(text, option))
     return out
+
+
+def _no_conflict(overrides: list, option: str, target: tuple, value) -> None:
+    """``--iterations N`` and ``--set engine.iterations=M`` together are an error (which one
+    was meant is not ours to guess), unless they say the same."""
+    from mlodsl.compiler.ir import Constant
+    from mlodsl.compiler.front.overrides import error_at
+
+    for o in overrides:
+        same = isinstance(o.value, Constant) and o.value.value == value and \
+            type(o.value.value) is type(value)
+        if o.target == target and not same:
+            raise error_at(o, f"{option} {value} and --set {'.'.join(target)} disagree",
+                           f"give one of them ({option} is shorthand for "
+                           f"--set {'.'.join(target)}=...)")
 
 
 def _run_folders(args) -> tuple[str, str | None]:
@@ -129,6 +149,7 @@ def main(args) -> int:
 def _compile_and_run(args, out: str, resume: str | None, main_rank: bool) -> int:
     from mlodsl.cli.compile_cmd import print_warnings
     from mlodsl.compiler.api import compile as compile_program
+    from mlodsl.runtime import distributed as dist
 
     # A distributed child joins its process group in the engine (with the program's
     # timeout); data loaders built while compiling shard by torchrun's RANK/WORLD_SIZE.
@@ -136,87 +157,18 @@ def _compile_and_run(args, out: str, resume: str | None, main_rank: bool) -> int
     if main_rank:
         print_warnings(plan)
         sys.stderr.write(f"mlodsl: running {args.file} -> {out}\n")
-    start = time.perf_counter()
-    ending = "failed"
     try:
+        # plan.run writes summary.json in every ending (mlodsl.runtime.summary).
         plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
                  progress=not args.quiet, console=not args.quiet)
-        ending = "completed"
-    except KeyboardInterrupt:
-        ending = "interrupted"
+    except BaseException:
+        if main_rank and plan.summary is not None:
+            sys.stderr.write(f"mlodsl: {plan.summary['status']} at iteration "
+                             f"{plan.summary['stopped_at']}; summary in "
+                             f"{os.path.join(out, 'summary.json')}\n")
         raise
-    except SystemExit as stop:
-        ending = f"stopped (exit status {stop.code})"
-        raise
-    finally:
-        # Every ending leaves a summary (a crash, a signal, a failed checkpoint included).
-        if main_rank and plan.engine is not None:
-            summary = write_summary(plan, args, out, time.perf_counter() - start, ending)
     if main_rank:
-        sys.stdout.write(_final_text(summary) + "\n")
-    from mlodsl.runtime import distributed as dist
+        from mlodsl.runtime.summary import render_summary
+        sys.stdout.write(render_summary(plan.summary) + "\n")
     dist.shutdown()  # every rank leaves the group together (none exits mid-conversation)
     return 0
-
-
-def write_summary(plan, args, out: str, seconds: float, ending: str) -> dict:
-    """Write ``summary.json`` (atomically) and return it; a failure to write is reported on
-    stderr, never raised (it must not hide why the run ended)."""
-    from mlodsl.runtime.run_folder import atomic_write
-
-    summary = _summary(plan, args, out, seconds)
-    summary["ending"] = ending
-    try:
-        os.makedirs(out, exist_ok=True)
-        atomic_write(os.path.join(out, "summary.json"), _json_text(summary))
-    except OSError as err:
-        sys.stderr.write(f"mlodsl: error: cannot write {os.path.join(out, 'summary.json')}: "
-                         f"{err.strerror or err}\n")
-    return summary
-
-
-def _summary(plan, args, out: str, seconds: float) -> dict:
-    from mlodsl.runtime.logging import to_number
-
-    engine = plan.engine
-    return {
-        "program": os.path.abspath(args.file),
-        "run_dir": os.path.abspath(out),
-        "overrides": list(args.set) + ([f"engine.iterations={args.iterations}"]
-                                       if args.iterations is not None else []),
-        "iterations": engine.global_step,
-        "seconds": round(seconds, 3),
-        "parameters": plan.parameter_counts(),
-        "last_loss": {n: to_number(p.last_loss) for n, p in engine.problems.items()
-                      if getattr(p, "last_loss", None) is not None},
-        "final_validation": plan.final_validation(),
-    }
-
-
-def _json_text(data: dict) -> str:
-    import json
-    import math
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(data), indent=2) + "\n"
-
-
-def _final_text(summary: dict) -> str:
-    val = summary["final_validation"]
-    head = f"done: {summary['iterations']} iterations in {summary['seconds']:.1f} s " \
-           f"({summary['run_dir']})"
-    if not val:
-        losses = " ".join(f"{k}={v:.4g}" for k, v in summary["last_loss"].items())
-        return f"{head}\nlast losses: {losses}"
-    it = val.get("iteration")
-    metrics = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in val.items() if k != "iteration")
-    return f"{head}\nfinal validation (iteration {it}): {metrics}"

@@ -42,7 +42,7 @@ import torch
 
 from mlodsl.diagnostics import MLOError
 from mlodsl.runtime import distributed as dist
-from mlodsl.runtime.run_folder import clean_stale_temp_files
+from mlodsl.runtime.run_folder import best_checkpoint, clean_stale_temp_files
 from mlodsl.runtime.state import FORMAT_VERSION, TrainingState
 
 __all__ = ["save_checkpoint", "load_latest", "load_checkpoint", "list_checkpoints",
@@ -341,7 +341,7 @@ class _Recording:
 
 def _prune(d: Path, keep: int, metric: dict | None, step: int) -> None:
     """Delete all but the newest ``keep`` checkpoints, and the best by the validation metric."""
-    best = _best_file(d)
+    best = best_checkpoint(d)
     if metric is not None and _better(metric, best[1] if best else None):
         best = (d / f"ckpt-{step:08d}.pt", metric)
     for old in list_checkpoints(d)[:-keep]:
@@ -357,16 +357,6 @@ def _prune(d: Path, keep: int, metric: dict | None, step: int) -> None:
                                         f"{best[1]['value']!r}\n", encoding="utf-8")
         except OSError:  # only a record of which file to keep; the next save rewrites it
             pass
-
-
-def _best_file(d: Path) -> tuple[Path, dict] | None:
-    """The checkpoint ``best.txt`` names, when it still exists."""
-    try:
-        name, metric, mode, value = (d / "best.txt").read_text(encoding="utf-8").split()
-        best = (d / name, {"name": metric, "mode": mode, "value": float(value)})
-    except (OSError, ValueError):
-        return None
-    return best if best[0].exists() else None
 
 
 def _better(new: dict, old: dict | None) -> bool:

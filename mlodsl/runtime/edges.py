@@ -30,6 +30,10 @@ class Edge:
         method: the hypergradient method through ``lower`` (a name in ``mlodsl.methods``).
         args: the method's arguments, defaults filled in (checked against its signature).
         source: where the method came from, for ``mlodsl compile`` ("via", "default", ...).
+        where: where the edge is written (``FILE:LINE:COL``) in a compiled program, for the
+            warnings a method gives while it runs; None for a program built in Python.
+        note: how a default argument was derived, for ``mlodsl compile``
+            ("alpha = the lr of 'classifier'"); empty when nothing was derived.
     """
 
     upper: str
@@ -39,6 +43,8 @@ class Edge:
     method: str = "darts"
     args: dict[str, Any] = field(default_factory=dict, compare=False)
     source: str = field(default="", compare=False)
+    where: str | None = field(default=None, compare=False)  # "FILE:LINE:COL" in a .mlo program
+    note: str = field(default="", compare=False)
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -32,7 +32,7 @@ from mlodsl.diagnostics import MLOError
 
 __all__ = ["RunLock", "prepare", "atomic_write", "RUN_FILES", "holds_a_run",
            "clean_stale_temp_files", "check_writable", "read_metrics", "truncate_metrics",
-           "remove_if_empty"]
+           "remove_if_empty", "best_checkpoint"]
 
 #: The files (and folder) whose presence means that a folder holds a run.
 RUN_FILES = ("metrics.jsonl", "metrics.csv", "summary.json", "checkpoints")
@@ -271,6 +271,18 @@ def remove_if_empty(out: str | os.PathLike) -> None:
 
 
 _CKPT = re.compile(r"^ckpt-\d+\.pt$")
+
+
+def best_checkpoint(directory: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The checkpoint ``best.txt`` names in a checkpoint folder (kept besides the newest ones
+    for its validation metric), with that metric; None when there is none (any more)."""
+    d = Path(directory)
+    try:
+        name, metric, mode, value = (d / "best.txt").read_text(encoding="utf-8").split()
+        best = (d / name, {"name": metric, "mode": mode, "value": float(value)})
+    except (OSError, ValueError):
+        return None
+    return best if _CKPT.match(name) and best[0].exists() else None
 
 
 def _parse_line(raw: bytes) -> tuple[dict | None, str | None]:

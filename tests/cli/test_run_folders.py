@@ -48,7 +48,7 @@ def test_sigkill_during_training_and_during_resume_loses_nothing(tmp_path, capsy
     assert [r for r in records(run) if r["kind"] == "validation"] == \
         [r for r in records(ref) if r["kind"] == "validation"]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["iterations"] == total and summary["ending"] == "completed"
+    assert summary["iterations"] == total and summary["status"] == "finished"
 
 
 def test_checkpoint_every_from_the_engine_block_and_set(tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_a_full_disk_keeps_training_reports_and_still_writes_the_summary(tmp_pat
     assert "error: could not write checkpoint" in r.stderr and "ckpt-00000006.pt" in r.stderr
     assert "the state of iteration 6 is not saved" in r.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["iterations"] == 6 and summary["ending"] == "failed"
+    assert summary["iterations"] == 6 and summary["status"] == "failed"
     assert os.listdir(run / "checkpoints") == []  # no partial or temporary files
     assert [r["step"] for r in records(run) if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
 
