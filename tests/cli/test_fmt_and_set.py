@@ -56,7 +56,10 @@ engine { iterations = 1 }
     ("engine.iterations=(1,) * 10**9", "value too long for an override"),
     ("engine.iterations=1e308 * 10", "overflows"),
     ("p.optimizer=SGD(lr=data(4))", "a nested call is not allowed"),
-    ("p.optimizer.lr=len(n)", "'n' is not a literal"),
+    ("p.optimizer.lr=n * 2", "arithmetic in an override works on literals only"),
+    ("p.optimizer=SGD(lr=-n)", "arithmetic in an override works on literals only"),
+    ("p.optimizer=SGD(lr=F.relu)", "may not read attributes ('.relu')"),
+    ("p.optimizer=SGD(lr=[F][0])", "may not take subscripts"),
     ("engine.seed=open", "unknown name 'open'"),
     ("engine.seed=exec('1')", "unknown name 'exec'"),
 ])
@@ -84,6 +87,9 @@ def test_hostile_overrides_are_refused_as_diagnostics(tmp_path, capsys, setting,
     ("engine.iterations=2**3", lambda plan: plan.engine_settings["train_iters"] == 8),
     ("p.data=data(8, size=8)", lambda plan: len(plan.problems["p"].train_data_loader.dataset) == 8),
     ("engine.hypergrad=darts(alpha=0.1)", lambda plan: True),
+    ("p.optimizer.lr=n", lambda plan: plan.problems["p"].optimizer.param_groups[0]["lr"] == 4),
+    ("p.data=data(n, size=12)", lambda plan: len(plan.problems["p"].train_data_loader.dataset)
+     == 12),
     ('engine.early_stop=dict(metric="loss", mode="min", patience=2)', None),
 ])
 def test_data_overrides_still_work(tmp_path, setting, check):

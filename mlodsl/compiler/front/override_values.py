@@ -5,10 +5,11 @@ asked for. :func:`check_value` accepts exactly:
 
 * a **literal**: a number, a string, ``True``/``False``/``None``, a list or tuple of literals,
   ``dict(key=literal, ...)``, ``-literal``, and arithmetic (``+ - * / **``) between literals;
-* a **name the program binds**: a ``let``, an imported name, or a built-in name of the language
-  (``SGD``, ``darts``, ``dict``, ...; LANGUAGE.md section 8);
-* a **call of such a name with literal arguments**: ``Adam(lr=1e-3, betas=(0.9, 0.99))``,
-  ``darts(alpha=0.1)``, ``toy(8, seed=3)``.
+* a **name the program binds**: a ``let``, an imported name, a problem, or a built-in name of
+  the language (``SGD``, ``darts``, ``dict``, ...; LANGUAGE.md section 8);
+* a **call of such a name with literal arguments** (or such names as arguments):
+  ``Adam(lr=1e-3, betas=(0.9, 0.99))``, ``darts(alpha=0.1)``, ``toy(8, seed=3)``,
+  ``check(classifier)``.
 
 Nothing else: no attribute access (``F.torch.os.makedirs(...)`` would reach ``os`` through an
 import), no subscripts, no calls of calls. Arithmetic is evaluated here first, with bounds, so
@@ -49,9 +50,11 @@ Fail = Callable[..., BaseException]
 
 
 def bound_names(program: ir.Program, builtins: Iterable[str]) -> set[str]:
-    """The names an override value may use: lets, imported names and the language's built-ins."""
+    """The names an override value may use: lets, imported names, problems and the
+    language's built-ins."""
     names = set(builtins)
     names.update(let.name for let in program.lets)
+    names.update(p.name for p in program.problems)
     for imp in program.imports:
         names.update(name for name, _ in imp.bindings())
     return names
@@ -87,6 +90,9 @@ def _literal(node: ir.Expr, names: set[str], fail: Fail) -> Any:
         return items if isinstance(node, ir.ListExpr) else tuple(items)
     if isinstance(node, ir.UnaryOp):
         value = _literal(node.operand, names, fail)
+        if value is _BOUND:
+            raise fail(node, "arithmetic in an override works on literals only, not on names",
+                       "bind the computed value with a let in the program")
         if not _is_number(value):
             raise fail(node, f"'{node.op}' needs a number in an override value")
         return -value if node.op == "-" else value
@@ -108,14 +114,24 @@ def _literal(node: ir.Expr, names: set[str], fail: Fail) -> Any:
                    "and name it", span)
     if isinstance(node, ir.Index):
         raise fail(node, f"an override value may not take subscripts: {_RULE}")
-    if isinstance(node, ir.Name):
-        raise fail(node, f"'{node.name}' is not a literal: only literal arguments are allowed "
-                   "in an override's call", "bind the value with a let and override the let")
+    if isinstance(node, ir.Name):  # a bound name passed as it is (nothing computed on it)
+        _check_name(node, names, fail)
+        return _BOUND
     if isinstance(node, ir.Call) and isinstance(node.func, (ir.Attribute, ir.Index)):
         return _literal(node.func, names, fail)  # the attribute or subscript is what is refused
     if isinstance(node, ir.Call):
         raise fail(node, f"a nested call is not allowed in an override value: {_RULE}")
     raise fail(node, f"not allowed in an override value: {_RULE}")
+
+
+class _Bound:
+    """Stands for a bound name inside a literal: passed along, never computed with."""
+
+    def __repr__(self) -> str:
+        return "a name"
+
+
+_BOUND = _Bound()
 
 
 def _is_number(v: Any) -> bool:
@@ -135,6 +151,9 @@ def _bounded(node: ir.Expr, value: Any, fail: Fail) -> Any:
 
 def _binop(node: ir.BinOp, left: Any, right: Any, fail: Fail) -> Any:
     op = node.op
+    if left is _BOUND or right is _BOUND:
+        raise fail(node, "arithmetic in an override works on literals only, not on names",
+                   "bind the computed value with a let in the program")
     if op == "**":
         if not (_is_number(left) and _is_number(right)):
             raise fail(node, "'**' needs numbers in an override value")
