@@ -162,12 +162,6 @@ class RunWriter:
         atomic_write(self.csv, text.getvalue())
 
 
-def read_records(path: str | os.PathLike, warn: Callable[[str], None] | None = None
-                 ) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (other lines skipped with a warning)."""
-    return read_metrics(path, warn)
-
-
 class TensorBoardSink:
     """A MetricsLog sink writing TensorBoard scalars (``problem/metric``, ``validation/metric``)."""
 

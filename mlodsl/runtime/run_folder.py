@@ -199,7 +199,11 @@ def clean_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
         return removed
     for f in d.iterdir():
         m = _TEMP.match(f.name)
-        if m and f.is_file() and not (_alive(int(m.group(1))) and int(m.group(1)) != os.getpid()):
+        if not m or not f.is_file():
+            continue
+        pid = int(m.group(1))
+        # Ours are stale too: this process writes its temporary files one at a time.
+        if pid == os.getpid() or not _alive(pid):
             try:
                 f.unlink()
                 removed.append(f)
