@@ -83,7 +83,10 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Thre
     classifier = Classifier(
         name="classifier", module=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM),
-        train_data_loader=make_loader(noisy_digits(), BATCH, seed=seed), config=Config())
+        train_data_loader=make_loader(noisy_digits(), BATCH, seed=seed),
+        # Betty's reading: a lower's Config names the method of the edge above it (reweight's
+        # hypergradient through the classifier); decay's Config speaks for its own edge.
+        config=Config(type="darts") if variant in ("two_level", "three_level") else Config())
     problems, u2l, l2u = [classifier], {}, {}
     reweight = decay = None
     if variant in ("two_level", "three_level"):
@@ -91,7 +94,7 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Thre
         reweight = Reweight(name="reweight", module=weigher,
                             optimizer=torch.optim.Adam(weigher.parameters(), lr=META_LR),
                             train_data_loader=make_loader(meta_digits(), 100, seed=seed + 1),
-                            config=Config(type="darts"))
+                            config=Config())
         problems.append(reweight)
         u2l[reweight], l2u[classifier] = [classifier], [reweight]
     if variant in ("decay_only", "three_level"):
