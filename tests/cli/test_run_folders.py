@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import time
 
 import pytest
 import torch
@@ -31,9 +30,12 @@ def test_sigkill_during_training_and_during_resume_loses_nothing(tmp_path, capsy
     assert (run / "run.lock").exists()  # a killed run's lock is left behind
     last = int(_ckpts(run)[-1][5:13])
     total = last + 7
-    # Killed again, this time while resuming (loading, rewriting metrics or just training).
+    # Killed again, this time while resuming: right after compiling, as the engine loads the
+    # checkpoint, rewrites metrics.jsonl and takes its first steps.
     p = start("run", prog, "--resume", run, "--iterations", total, "--quiet")
-    time.sleep(0.5)
+    for line in p.stderr:
+        if line.startswith("mlodsl: running"):
+            break
     kill(p)
     status, _, err = cli(capsys, "run", prog, "--resume", run, "--iterations", total, "--quiet")
     assert status == 0, err
