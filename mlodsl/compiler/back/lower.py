@@ -238,7 +238,8 @@ def engine_settings(objects: Instantiator, seed: int | None) -> dict[str, Any]:
         out["valid_step"] = 0
     if seed is not None:
         out["seed"] = seed
-    for name in ("device", "precision", "on_nan", "checkpoint_every", "checkpoint_keep"):
+    for name in ("device", "precision", "on_nan", "checkpoint_every", "checkpoint_keep",
+                 "timeout"):
         value = objects.setting(name)
         if value is not None:
             out[name] = value

@@ -171,11 +171,8 @@ class ExecutionPlan:
         if self.engine is not None:
             return self.engine
         settings = dict(self.engine_settings)
-        if checkpoint_dir is None and settings.get("checkpoint_every"):
-            checkpoint_dir = f"{run_dir}/checkpoints" if run_dir else None
-            if checkpoint_dir is None:
-                raise MLOError("the program sets 'checkpoint_every': give the run a folder "
-                               "(plan.run(run_dir=...) or mlodsl run --out DIR)", kind="run")
+        # checkpoint_every without a folder: the engine puts checkpoints under run_dir, or
+        # says (when the run starts) that it needs one.
         config = EngineConfig(**settings, run_dir=run_dir, resume_from=resume,
                               checkpoint_dir=checkpoint_dir, progress=progress)
         from mlodsl.compiler.back.resolve import on_path
