@@ -168,7 +168,8 @@ class WholeIteration:
     The engine calls :meth:`run` with the iteration's pattern; True means the iteration was
     taken (state written back, losses handed to the guard, counters and schedulers advanced),
     False means the engine takes it eagerly, with the batches in :attr:`prefetched` when some
-    were already read.
+    were already read (only when a pattern's first compilation failed and the captured
+    function could not run as Python either: each problem's first batch of the iteration).
     """
 
     def __init__(self, engine):
@@ -219,8 +220,15 @@ class WholeIteration:
             entry.iteration = None
             entry.reason = str(why)
             self._warn(key, str(why))
-            self.prefetched = {n: b[0] for n, b in batches.items()}
-            return False
+            # This iteration's batches are drawn already: take it with the captured function
+            # run as Python (the same steps), and later ones on the eager path.
+            try:
+                outputs = it(*args)
+            except Exception:  # noqa: BLE001 - the eager path reports it properly
+                self.prefetched = {n: b[0] for n, b in batches.items()}
+                return False
+            self._after(key, outputs)
+            return True
         self._after(key, outputs)
         self.captured_iterations += 1
         return True
