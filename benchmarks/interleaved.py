@@ -221,8 +221,8 @@ def main(argv=None) -> int:
                ("ms_per_iter_min", "min ms/it"),
                ("ratio_to_baseline_median", f"ratio to {result['baseline']} (median)"),
                ("first_turn_s", "first turn s (wall)")] +
-        ([("ratio_to_floor_median", "ratio to floor (median)")] if "floor" in result["sides"]
-         else []),
+        ([("ratio_to_floor_median", "ratio to floor (median)")]
+         if "floor" in result["sides"] and result["baseline"] != "floor" else []),
         floatfmt=".3g"))
     print(f"\n{args.program} {args.method} unroll {args.unroll}: {args.rounds} rounds of "
           f"{args.chunk} MLO iterations per side, in turns, in one process; ratio = the "
