@@ -20,6 +20,16 @@ graph (``.item()``, data-dependent Python): the last kind is found when the patt
 compiled. A pattern also runs eagerly until its optimizers have state (torch creates it at their
 first step).
 
+Compiling never holds the run up: a pattern's first compilation runs in a background thread,
+on copies of the state and of the last batches (a dry call of the compiled function: what it
+writes goes to the copies), while the engine keeps taking that pattern's iterations eagerly;
+the first iteration after the thread is done switches to the compiled function (eager and
+compiled iterations give the same numbers to rounding). So a run is never slower end to end
+than eager by more than the thread's share of the CPU, however long a cold compilation takes,
+and a run shorter than the compilation simply stays eager. ``MLODSL_COMPILE_WAIT=1`` compiles
+in the foreground instead (the first iteration waits for it: benchmarks that time the
+compilation, tests that count captured iterations).
+
 ``MLODSL_COMPILE_BACKEND`` chooses how a captured function runs: ``inductor`` (the default:
 ``torch.compile``), any other torch.compile backend name, or ``python`` (the captured function
 itself, eagerly: the same code torch.compile receives; the tests use it). Inductor's cache
@@ -29,6 +39,7 @@ compilation of the same program much faster.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -151,7 +162,7 @@ def _engine_reason(settings: Any, problems: Mapping[str, Any]) -> str | None:
 class _Entry:
     """One pattern's captured function and how it runs (or why it does not)."""
 
-    __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes")
+    __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes", "background")
 
     def __init__(self, iteration=None, reason=None):
         self.iteration = iteration
@@ -160,6 +171,37 @@ class _Entry:
         self.reason = reason
         self.calls = 0
         self.shapes = None
+        self.background: _BackgroundCompile | None = None
+
+
+class _BackgroundCompile:
+    """The first (compiling) call of a compiled function, on copies, in a daemon thread.
+
+    Daemon: a run that ends before the compilation does exits without waiting for it.
+    """
+
+    def __init__(self, fn: Callable, args: tuple):
+        self.seconds: float | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._compile, args=(fn, args),
+                                        name="mlodsl-compile", daemon=True)
+        self._thread.start()
+
+    def _compile(self, fn, args) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 - reported by the engine's thread
+            self.error = err
+        self.seconds = time.perf_counter() - t0
+
+    def done(self) -> bool:
+        """Whether the compilation has finished (well or not)."""
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the compilation finishes (or ``timeout`` seconds pass)."""
+        self._thread.join(timeout)
 
 
 class WholeIteration:
@@ -175,6 +217,7 @@ class WholeIteration:
     def __init__(self, engine):
         self.engine = engine
         self.backend = os.environ.get("MLODSL_COMPILE_BACKEND", "inductor")
+        self.foreground = os.environ.get("MLODSL_COMPILE_WAIT", "") not in ("", "0")
         self._entries: dict[tuple[str, ...], _Entry] = {}
         self._warned: set[str] = set()
         self.prefetched: dict[str, Any] = {}
@@ -211,6 +254,8 @@ class WholeIteration:
             if entry.iteration is None:
                 return False
             it = entry.iteration
+        if not self._compiled_yet(entry, key):
+            return False  # compiling in the background: this iteration runs eagerly
         batches = {n: [self.engine.problems[n].next_batch() for _ in range(it.steps[n].accum)]
                    for n in key}
         args = it.inputs(batches)
@@ -232,6 +277,57 @@ class WholeIteration:
         self._after(key, outputs)
         self.captured_iterations += 1
         return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every background compilation started so far has finished."""
+        for entry in list(self._entries.values()):
+            if entry.background is not None:
+                entry.background.wait(timeout)
+
+    def _compiled_yet(self, entry: _Entry, key) -> bool:
+        """Whether the pattern's compiled function can take this iteration: True when it
+        runs as Python, compiles in the foreground or is compiled; else starts (once) or
+        checks its compilation in the background, and False while that runs."""
+        if self.backend == "python" or self.foreground or entry.calls:
+            return True
+        if entry.background is None:
+            args = self._dry_arguments(entry.iteration)
+            if args is None:  # no batch seen yet to compile with: compile in the foreground
+                return True
+            try:
+                entry.fn = entry.fn or torch.compile(entry.iteration, fullgraph=True,
+                                                     dynamic=False, backend=self.backend)
+            except Exception as err:  # noqa: BLE001 - an unknown backend name, say
+                entry.iteration, entry.reason = None, f"torch.compile: {_first_line(err)}"
+                self._warn(key, entry.reason)
+                return False
+            entry.background = _BackgroundCompile(entry.fn, args)
+            return False
+        job = entry.background
+        if not job.done():
+            return False
+        if job.error is not None:
+            why = (f"torch.compile could not hold the iteration as one graph: "
+                   f"{_first_line(job.error)}")
+            entry.iteration, entry.reason = None, why
+            self._warn(key, why)
+            return False
+        entry.calls = 1
+        entry.shapes = None  # the first real call evaluates the graph's guards
+        self.compile_seconds[key] = job.seconds
+        self.engine.history.info(f"compiling iteration ({', '.join(key)}): {job.seconds:.1f} s "
+                                 f"(in the background; the iterations meanwhile ran eagerly)")
+        return True
+
+    def _dry_arguments(self, it: CapturedIteration) -> tuple | None:
+        """Copies of the state and of each problem's last batch, shaped like an iteration's
+        arguments: what the background compilation runs on (and writes to). None when some
+        problem has no batch yet."""
+        last = {n: self.engine.problems[n].cur_batch for n in it.pattern}
+        if any(b is None for b in last.values()):
+            return None
+        batches = {n: [last[n] for _ in range(it.steps[n].accum)] for n in it.pattern}
+        return _copy(it.inputs(batches))
 
     def patterns(self) -> dict[tuple[str, ...], str]:
         """Each pattern seen so far: ``"captured"`` or ``"eager: REASON"``."""
@@ -310,6 +406,21 @@ class WholeIteration:
             if sched is not None and not isinstance(
                     sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step()  # outside the graph: the new lr is a tensor input next time
+
+
+def _copy(x):
+    """``x`` with every tensor in its lists, tuples and dicts cloned (each occurrence its own
+    copy, so no two arguments alias); other objects are shared (the iteration only reads
+    them)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple
+        return type(x)(*(_copy(y) for y in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_copy(y) for y in x)
+    if isinstance(x, dict):
+        return {k: _copy(v) for k, v in x.items()}
+    return x
 
 
 def _shapes(args) -> tuple:

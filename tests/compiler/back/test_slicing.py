@@ -221,10 +221,12 @@ def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compile_runs_whole_iterations_or_else_the_loss_graphs_through_torch_compile():
+def test_compile_runs_whole_iterations_or_else_the_loss_graphs_through_torch_compile(
+        monkeypatch):
     """darts: whole iterations captured and compiled. neumann with on_nan = "skip" (a host
     decision before every step: not capturable) falls back to today's eager steps with the
     loss graphs' first-order evaluations compiled. Both end where the eager runs end."""
+    monkeypatch.setenv("MLODSL_COMPILE_WAIT", "1")  # compiled before the short run ends
     plan, compiled = _run_compiled_program("darts()")
     _, eager, _ = compile_and_run(LOSSES[0], "darts()", sliced=True)
     for a, b in zip(compiled, eager):

@@ -11,6 +11,7 @@ from tests.support.compiled_programs import (HPO, api_engine, assert_same_parame
 @pytest.fixture(autouse=True)
 def inductor(monkeypatch):
     monkeypatch.setenv("MLODSL_COMPILE_BACKEND", "inductor")
+    monkeypatch.setenv("MLODSL_COMPILE_WAIT", "1")  # these runs count captured iterations
 
 
 @pytest.mark.slow

@@ -1,0 +1,73 @@
+"""A pattern's first compilation runs in a background thread while the run continues eagerly.
+
+torch.compile's ``eager`` backend (dynamo traces the iteration into one graph, no inductor
+code generation) keeps this fast; the switch from eager to compiled iterations must not change
+the numbers.
+"""
+import pytest
+import torch
+
+from tests.support.compiled_programs import assert_same_parameters, mlo_engine, parameters
+
+
+@pytest.fixture(autouse=True)
+def dynamo_only(monkeypatch):
+    monkeypatch.setenv("MLODSL_COMPILE_BACKEND", "eager")
+    monkeypatch.delenv("MLODSL_COMPILE_WAIT", raising=False)
+
+
+def _continue(engine, iterations: int) -> None:
+    engine.config.train_iters = engine.global_step + iterations
+    engine.run()
+
+
+def test_run_continues_eagerly_then_switches_to_the_compiled_function():
+    eager = mlo_engine("darts", "alpha=0.01", compile=False, iterations=12)
+    eager.run()
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=4)
+    engine.run()
+    whole = engine.whole_iteration
+    whole.wait()  # the compilation started at the second iteration has finished now
+    _continue(engine, 8)
+    # iteration 1 creates the optimizer state; 2-4 (at least) ran while compiling
+    assert 0 < whole.captured_iterations <= 8, whole.patterns()
+    assert list(whole.compile_seconds) == [("classifier", "hpo")]
+    assert sum("in the background" in r.get("message", "")
+               for r in engine.history.records) == 1
+    assert_same_parameters(parameters(eager), parameters(engine))
+
+
+def test_foreground_compilation_when_asked(monkeypatch):
+    monkeypatch.setenv("MLODSL_COMPILE_WAIT", "1")
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=6)
+    engine.run()
+    assert engine.whole_iteration.captured_iterations == 5  # every one after the first
+
+
+def _failing_backend(graph, example_inputs):
+    raise RuntimeError("injected: this backend cannot compile")
+
+
+torch._dynamo.register_backend(_failing_backend, name="mlodsl_test_failing")
+
+
+def test_a_failed_background_compilation_leaves_the_pattern_eager(monkeypatch):
+    monkeypatch.setenv("MLODSL_COMPILE_BACKEND", "mlodsl_test_failing")
+    eager = mlo_engine("darts", "alpha=0.01", compile=False, iterations=8)
+    eager.run()
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=3)
+    with pytest.warns(RuntimeWarning):
+        engine.run()
+        engine.whole_iteration.wait()
+        _continue(engine, 5)
+    assert engine.whole_iteration.captured_iterations == 0
+    assert "eager" in next(iter(engine.whole_iteration.patterns().values()))
+    assert_same_parameters(parameters(eager), parameters(engine))
+
+
+def test_an_unknown_backend_leaves_the_pattern_eager(monkeypatch):
+    monkeypatch.setenv("MLODSL_COMPILE_BACKEND", "no_such_backend_for_mlodsl")
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=3)
+    with pytest.warns(RuntimeWarning, match="no_such_backend_for_mlodsl"):
+        engine.run()
+    assert engine.whole_iteration.captured_iterations == 0
