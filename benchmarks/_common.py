@@ -51,8 +51,10 @@ def program_args(description: str, argv: Sequence[str] | None = None) -> argpars
     followed by one hypergradient step), after ``--warmup`` unmeasured ones.
     """
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--method", default="darts", choices=["darts", "neumann", "cg"],
-                   help="hypergradient method (Config.type)")
+    p.add_argument("--method", default="darts",
+                   choices=["darts", "neumann", "cg", "sama", "unroll"],
+                   help="hypergradient method (Config.type; 'unroll' only for the .mlo "
+                        "program, where it is `via unroll()`, second order)")
     p.add_argument("--unroll", type=int, default=1, help="lower steps per upper step")
     p.add_argument("--hvp-iters", type=int, default=1,
                    help="neumann/cg iterations (Config.neumann_iterations / cg_iterations)")

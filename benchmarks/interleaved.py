@@ -43,6 +43,11 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import _common  # noqa: E402
 
+#: the method a side runs when it has no ``--method`` of its own: Betty (and the Python-API twin
+#: of its program) has no ``unroll`` (reverse mode through the window), so an ``unroll`` row's
+#: Betty baseline is Betty's ``darts`` with the same ``unroll_steps``, its cheapest method
+BASELINE_METHOD = {"unroll": "darts"}
+
 SIDE_SCRIPTS = {"betty": ("betty", []), "mlodsl": ("mlodsl", []), "mlo": ("mlo", []),
                 "mlo_compiled": ("mlo", ["--compile"]), "floor": (None, [])}
 
@@ -104,6 +109,8 @@ def build_engine(side: str, program: str, method: str, unroll: int, threads: int
     if side == "floor":
         return FloorSide(method, hvp_iters, seed)
     suffix, extra = SIDE_SCRIPTS[side]
+    if suffix != "mlo":
+        method = BASELINE_METHOD.get(method, method)
     script = HERE / "programs" / f"{program}_{suffix}.py"
     captured = {}
 
@@ -194,7 +201,10 @@ def measure(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--program", default="hpo", choices=["hpo", "reweight"])
-    ap.add_argument("--method", default="darts", choices=["darts", "neumann", "cg"])
+    ap.add_argument("--method", default="darts",
+                    choices=["darts", "neumann", "cg", "sama", "unroll"],
+                    help="the .mlo sides' method; for 'unroll' Betty and the Python-API side "
+                         "run darts (Betty has no unroll)")
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--hvp-iters", type=int, default=1, help="neumann/cg iterations")
     ap.add_argument("--sides", default="betty,mlodsl,mlo,mlo_compiled,floor",
@@ -211,7 +221,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown side(s) {', '.join(unknown)}; known: {', '.join(SIDE_SCRIPTS)}")
     # a side whose program file does not exist (reweight has no .mlo twin) is left out
     args.sides = [s for s in args.sides.split(",") if s and (
-        (s == "floor" and args.program == "hpo" and args.unroll == 1) or
+        (s == "floor" and args.program == "hpo" and args.unroll == 1
+         and args.method in ("darts", "neumann", "cg")) or
         (s != "floor" and (HERE / "programs" / f"{args.program}_{SIDE_SCRIPTS[s][0]}.py").exists()))]
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     result = measure(args)
