@@ -39,6 +39,7 @@ compilation of the same program much faster.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import warnings
@@ -162,7 +163,8 @@ def _engine_reason(settings: Any, problems: Mapping[str, Any]) -> str | None:
 class _Entry:
     """One pattern's captured function and how it runs (or why it does not)."""
 
-    __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes", "background")
+    __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes", "background",
+                 "compiled_shapes", "python_shapes")
 
     def __init__(self, iteration=None, reason=None):
         self.iteration = iteration
@@ -172,6 +174,10 @@ class _Entry:
         self.calls = 0
         self.shapes = None
         self.background: _BackgroundCompile | None = None
+        #: batch shapes (``_shapes``) the compiled function holds a graph for, and those
+        #: whose compilation failed (their iterations run the captured function as Python)
+        self.compiled_shapes: set = set()
+        self.python_shapes: set = set()
 
 
 class _BackgroundCompile:
@@ -180,9 +186,22 @@ class _BackgroundCompile:
     Daemon: a run that ends before the compilation does exits without waiting for it.
     """
 
+    #: the GIL switch interval while a compilation runs: dynamo's tracing is pure Python,
+    #: and with the default 5 ms the engine's thread waits up to that long each time it takes
+    #: the GIL back (after every long kernel), which made its eager iterations 2-3x slower
+    SWITCH_INTERVAL = 2e-4
+    #: compilations under way in this process (see ``any_running``)
+    _running = 0
+    _lock = threading.Lock()
+
     def __init__(self, fn: Callable, args: tuple):
         self.seconds: float | None = None
         self.error: BaseException | None = None
+        self.shapes = _shapes(args)
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._interval, self.SWITCH_INTERVAL))
+        with _BackgroundCompile._lock:
+            _BackgroundCompile._running += 1
         self._thread = threading.Thread(target=self._compile, args=(fn, args),
                                         name="mlodsl-compile", daemon=True)
         self._thread.start()
@@ -194,6 +213,16 @@ class _BackgroundCompile:
         except BaseException as err:  # noqa: BLE001 - reported by the engine's thread
             self.error = err
         self.seconds = time.perf_counter() - t0
+        sys.setswitchinterval(self._interval)
+        with _BackgroundCompile._lock:
+            _BackgroundCompile._running -= 1
+
+    @staticmethod
+    def any_running() -> bool:
+        """Whether a compilation runs in some thread: torch's compiler stance is global, so
+        the engine's thread must not skip guards then (the compiling thread would inherit the
+        stance, and skip_guard_eval_unsafe forbids compiling)."""
+        return _BackgroundCompile._running > 0
 
     def done(self) -> bool:
         """Whether the compilation has finished (well or not)."""
@@ -314,6 +343,7 @@ class WholeIteration:
             return False
         entry.calls = 1
         entry.shapes = None  # the first real call evaluates the graph's guards
+        entry.compiled_shapes.add(job.shapes)
         self.compile_seconds[key] = job.seconds
         self.engine.history.info(f"compiling iteration ({', '.join(key)}): {job.seconds:.1f} s "
                                  f"(in the background; the iterations meanwhile ran eagerly)")
@@ -362,8 +392,10 @@ class WholeIteration:
         if entry.fn is None:
             entry.fn = torch.compile(it, fullgraph=True, dynamic=False, backend=self.backend)
         shapes = _shapes(args)
+        if entry.calls and not self.foreground and shapes not in entry.compiled_shapes:
+            return self._new_shapes(entry, key, shapes, args)
         if entry.calls:
-            if shapes == entry.shapes:
+            if shapes == entry.shapes and not _BackgroundCompile.any_running():
                 # Same pattern, same parameters (checked by run()), same batch shapes: the
                 # graph's guards would pass, and evaluating them costs as much as a tenth of
                 # a small iteration. Anything else (a smaller last batch) goes through them.
@@ -380,9 +412,31 @@ class WholeIteration:
         seconds = time.perf_counter() - t0
         entry.calls += 1
         entry.shapes = shapes
+        entry.compiled_shapes.add(shapes)
         self.compile_seconds[key] = seconds
         self.engine.history.info(f"compiling iteration ({', '.join(key)}): {seconds:.1f} s")
         return out
+
+    def _new_shapes(self, entry: _Entry, key, shapes, args) -> dict:
+        """An iteration whose batches have shapes the compiled function has no graph for (a
+        smaller last batch): compiling them would hold the run up as long as the first
+        compilation, so they are compiled in the background on copies of this iteration's
+        arguments, and this iteration (and those of the same shapes until then) runs the
+        captured function as Python: the same steps, its batches being drawn already."""
+        job = entry.background
+        if job is not None and job.done() and job.shapes not in entry.compiled_shapes:
+            if job.error is None:
+                entry.compiled_shapes.add(job.shapes)
+                self.engine.history.info(
+                    f"compiling iteration ({', '.join(key)}) for batches of another shape: "
+                    f"{job.seconds:.1f} s (in the background)")
+            else:
+                entry.python_shapes.add(job.shapes)
+            if shapes in entry.compiled_shapes:
+                return self._call(entry, key, args)
+        if shapes not in entry.python_shapes and (job is None or job.done()):
+            entry.background = _BackgroundCompile(entry.fn, _copy(args))
+        return entry.iteration(*args)
 
     def _warn(self, key, reason: str, where: str | None = None) -> None:
         if reason in self._warned:

@@ -7,7 +7,7 @@ the numbers.
 import pytest
 import torch
 
-from tests.support.compiled_programs import assert_same_parameters, mlo_engine, parameters
+from tests.support.compiled_programs import Loader, assert_same_parameters, mlo_engine, parameters
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +71,27 @@ def test_an_unknown_backend_leaves_the_pattern_eager(monkeypatch):
     with pytest.warns(RuntimeWarning, match="no_such_backend_for_mlodsl"):
         engine.run()
     assert engine.whole_iteration.captured_iterations == 0
+
+
+class ShortEveryThirdLoader(Loader):
+    """Every third batch is smaller (an epoch's last batch): another shape for the graph."""
+
+    def __iter__(self):
+        for k, (x, y) in enumerate(super().__iter__()):
+            yield (x[:5], y[:5]) if k % 3 == 2 else (x, y)
+
+
+def test_batches_of_another_shape_are_compiled_in_the_background_too(monkeypatch):
+    monkeypatch.setattr("tests.support.compiled_programs.Loader", ShortEveryThirdLoader)
+    eager = mlo_engine("darts", "alpha=0.01", compile=False, iterations=24)
+    eager.run()
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=4)
+    engine.run()
+    whole = engine.whole_iteration
+    for more in (8, 6, 6):
+        whole.wait()
+        _continue(engine, more)
+    assert whole.captured_iterations >= 12, whole.patterns()
+    assert any("for batches of another shape" in r.get("message", "")
+               for r in engine.history.records)
+    assert_same_parameters(parameters(eager), parameters(engine))
