@@ -38,6 +38,7 @@ compilation of the same program much faster.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -194,7 +195,13 @@ class _BackgroundCompile:
     _running = 0
     _lock = threading.Lock()
 
+    #: compilations whose thread may still run, for :func:`_stop_compilations` at exit
+    _jobs: list["_BackgroundCompile"] = []
+
     def __init__(self, fn: Callable, args: tuple):
+        if not _BackgroundCompile._jobs:
+            atexit.register(_stop_compilations)  # after torch's: so it runs before them
+        _BackgroundCompile._jobs.append(self)
         self.seconds: float | None = None
         self.error: BaseException | None = None
         self.shapes = _shapes(args)
@@ -460,6 +467,27 @@ class WholeIteration:
             if sched is not None and not isinstance(
                     sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step()  # outside the graph: the new lr is a tensor input next time
+
+
+class _Cancelled(BaseException):
+    """Raised inside a compilation thread that the process no longer waits for."""
+
+
+def _stop_compilations(timeout: float = 30.0) -> None:
+    """At exit: stop the compilations still running, so the interpreter does not finalise
+    under a thread deep in torch's compiler (which aborts the process: "terminate called
+    without an active exception"). The run is over; their result would not be used. The
+    thread gets :class:`_Cancelled` at its next Python instruction (compiling is mostly
+    Python; a C++ compiler runs in a worker process), then is waited for."""
+    import ctypes
+
+    for job in _BackgroundCompile._jobs:
+        thread = job._thread
+        if thread.is_alive() and thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                       ctypes.py_object(_Cancelled))
+    for job in _BackgroundCompile._jobs:
+        job._thread.join(timeout)
 
 
 def _copy(x):
