@@ -165,7 +165,7 @@ class _Entry:
     """One pattern's captured function and how it runs (or why it does not)."""
 
     __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes", "background",
-                 "compiled_shapes", "python_shapes")
+                 "compiled_shapes", "python_shapes", "declined")
 
     def __init__(self, iteration=None, reason=None):
         self.iteration = iteration
@@ -179,6 +179,8 @@ class _Entry:
         #: whose compilation failed (their iterations run the captured function as Python)
         self.compiled_shapes: set = set()
         self.python_shapes: set = set()
+        #: the iterations left were too few for a compilation to pay (decided once)
+        self.declined = False
 
 
 class _BackgroundCompile:
@@ -254,6 +256,8 @@ class WholeIteration:
         self.engine = engine
         self.backend = os.environ.get("MLODSL_COMPILE_BACKEND", "inductor")
         self.foreground = os.environ.get("MLODSL_COMPILE_WAIT", "") not in ("", "0")
+        #: (engine step, wall time) of the eager iterations timed to decide whether to compile
+        self._stamps: list[tuple[int, float]] = []
         self._entries: dict[tuple[str, ...], _Entry] = {}
         self._warned: set[str] = set()
         self.prefetched: dict[str, Any] = {}
@@ -326,6 +330,8 @@ class WholeIteration:
         checks its compilation in the background, and False while that runs."""
         if self.backend == "python" or self.foreground or entry.calls:
             return True
+        if entry.background is None and not self._worth_compiling(entry):
+            return False
         if entry.background is None:
             args = self._dry_arguments(entry.iteration)
             if args is None:  # no batch seen yet to compile with: compile in the foreground
@@ -355,6 +361,43 @@ class WholeIteration:
         self.engine.history.info(f"compiling iteration ({', '.join(key)}): {job.seconds:.1f} s "
                                  f"(in the background; the iterations meanwhile ran eagerly)")
         return True
+
+    #: eager iterations of a pattern timed before deciding whether to compile it
+    TIMED_ITERATIONS = 20
+    #: the share of an eager iteration's time a compiled one saves (measured 0.4-0.6 of it
+    #: saved on the seed's program, benchmarks/README.md): the estimate errs low
+    SAVED_SHARE = 0.4
+
+    def _worth_compiling(self, entry: _Entry) -> bool:
+        """Whether the iterations left can repay a compilation: after timing the first
+        eager engine iterations, ``left * eager_seconds * SAVED_SHARE`` must exceed the
+        compilation's assumed cost (``MLODSL_COMPILE_COST`` seconds, default 60: a cold
+        compilation took 15-175 s on a loaded 2-core CPU, a warm one 3-12 s; 0 always
+        compiles). Python's GIL makes a background compilation slow the eager iterations by
+        about its own length on a CPU (most torch kernels hold the GIL), so compiling only
+        pays when the run is long enough to win it back; a run that is not stays eager."""
+        if entry.declined:
+            return False
+        cost = float(os.environ.get("MLODSL_COMPILE_COST", "60"))
+        if cost <= 0:
+            return True
+        stamps = self._stamps
+        if not stamps or stamps[-1][0] != self.engine.global_step:
+            stamps.append((self.engine.global_step, time.perf_counter()))
+        if len(stamps) <= self.TIMED_ITERATIONS:
+            return False
+        per_iteration = sorted((tb - ta) / max(1, b - a)
+                               for (a, ta), (b, tb) in zip(stamps, stamps[1:]))[
+            len(stamps) // 2 - 1]
+        left = max(0, self.engine.train_iters - self.engine.global_step)
+        if left * per_iteration * self.SAVED_SHARE > cost:
+            return True
+        entry.declined = True
+        self.engine.history.info(
+            f"not compiling iteration ({', '.join(entry.iteration.pattern)}): {left} "
+            f"iterations left at {1e3 * per_iteration:.1f} ms would save less than the "
+            f"compilation's ~{cost:.0f} s (MLODSL_COMPILE_COST)")
+        return False
 
     def _dry_arguments(self, it: CapturedIteration) -> tuple | None:
         """Copies of the state and of each problem's last batch, shaped like an iteration's

@@ -14,6 +14,7 @@ from tests.support.compiled_programs import Loader, assert_same_parameters, mlo_
 def dynamo_only(monkeypatch):
     monkeypatch.setenv("MLODSL_COMPILE_BACKEND", "eager")
     monkeypatch.delenv("MLODSL_COMPILE_WAIT", raising=False)
+    monkeypatch.setenv("MLODSL_COMPILE_COST", "0")  # compile however short the run
 
 
 def _continue(engine, iterations: int) -> None:
@@ -95,3 +96,25 @@ def test_batches_of_another_shape_are_compiled_in_the_background_too(monkeypatch
     assert any("for batches of another shape" in r.get("message", "")
                for r in engine.history.records)
     assert_same_parameters(parameters(eager), parameters(engine))
+
+
+def test_a_run_too_short_to_repay_the_compilation_stays_eager(monkeypatch):
+    monkeypatch.setenv("MLODSL_COMPILE_COST", "3600")  # an hour: 30 iterations cannot repay it
+    eager = mlo_engine("darts", "alpha=0.01", compile=False, iterations=30)
+    eager.run()
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=30)
+    engine.run()
+    whole = engine.whole_iteration
+    assert whole.captured_iterations == 0 and not whole.compile_seconds
+    assert sum("not compiling iteration" in r.get("message", "")
+               for r in engine.history.records) == 1
+    assert_same_parameters(parameters(eager), parameters(engine))
+
+
+def test_a_long_enough_run_compiles(monkeypatch):
+    monkeypatch.setenv("MLODSL_COMPILE_COST", "1e-9")
+    engine = mlo_engine("darts", "alpha=0.01", compile=True, iterations=30)
+    engine.run()
+    engine.whole_iteration.wait()
+    _continue(engine, 5)
+    assert engine.whole_iteration.captured_iterations >= 5
