@@ -1,0 +1,289 @@
+"""Multilevel programs with closed-form hypergradients, run through mlodsl's Python API.
+
+A :class:`Program` is a DAG of levels; each level ``K`` has one float64 parameter vector and a
+loss ``g_K(values)`` written in torch over a dict ``{name: vector}`` of the levels it reads.
+From it this module derives, independently of mlodsl's chain:
+
+* :func:`nested_solution`: the fully solved nested problem: every level below the top at its
+  best response to the levels above it, *with the levels below it responding* (each level
+  minimises its total objective). Newton's method, differentiable, so
+* :func:`exact_hypergradient`: ``dF/dtheta_top`` by autograd through the nested solution,
+  ``F = g_top(values at the nested solution)``; :func:`finite_difference` confirms it by
+  central differences of the same fully solved problem;
+* :func:`frozen_hypergradient`: the default chain's formula, each level's Jacobian from its own
+  loss with the levels below frozen (``J_K = -H_K^{-1} d^2 g_K / d theta_K d theta_T``), summed
+  over every path; equal to the exact one when each middle's loss is linear in what is below.
+
+Sibling levels that share a level below (Nash coupling) are not modelled: every level's
+sub-DAG is solved as the tree the shapes in the tests are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mlodsl import Config, Engine, EngineConfig, ImplicitProblem
+
+DT = torch.float64
+Values = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class Level:
+    """One level: its name, dimension, the levels it depends on, and its loss."""
+
+    name: str
+    dim: int
+    loss: Callable[[Values], torch.Tensor]
+    lowers: Sequence[str] = ()
+    quadratic: bool = True  # whether one Newton step solves it exactly
+
+
+@dataclass
+class Program:
+    """Levels in declaration order (a DAG through ``Level.lowers``) and their start values."""
+
+    levels: list[Level]
+    start: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.by_name = {lv.name: lv for lv in self.levels}
+
+    def below(self, name: str) -> list[str]:
+        """Levels strictly below ``name``, highest first."""
+        out: list[str] = []
+        stack = list(self.by_name[name].lowers)
+        while stack:
+            n = stack.pop(0)
+            if n not in out:
+                out.append(n)
+                stack.extend(self.by_name[n].lowers)
+        depth = self.depths()
+        return sorted(out, key=lambda n: -depth[n])
+
+    def depths(self) -> dict[str, int]:
+        """Level numbers: 0 for leaves, 1 + the highest lower otherwise."""
+        memo: dict[str, int] = {}
+
+        def d(n):
+            if n not in memo:
+                memo[n] = 1 + max((d(m) for m in self.by_name[n].lowers), default=-1)
+            return memo[n]
+
+        return {lv.name: d(lv.name) for lv in self.levels}
+
+
+# -- closed forms ----------------------------------------------------------------------------
+
+def _newton(objective, x0: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` differentiable Newton steps on ``objective`` from ``x0``."""
+    x = x0
+    for _ in range(steps):
+        xi = x if x.requires_grad else x.detach().requires_grad_(True)
+        g = torch.autograd.grad(objective(xi), xi, create_graph=True)[0]
+        rows = [torch.autograd.grad(g[i], xi, create_graph=True, retain_graph=True)[0]
+                for i in range(len(g))]
+        x = xi - torch.linalg.solve(torch.stack(rows), g)
+    return x
+
+
+def solve_below(program: Program, name: str, values: dict[str, torch.Tensor],
+                steps: int = 1) -> dict[str, torch.Tensor]:
+    """``values`` with every level below ``name`` at its (total) best response, differentiably.
+
+    The direct lowers are solved highest first; solving one solves everything below it, and a
+    level reached again later is re-solved against the values found so far (idempotent).
+    """
+    out = dict(values)
+    depth = program.depths()
+    for low in sorted(program.by_name[name].lowers, key=lambda n: -depth[n]):
+        out.update(best_response(program, low, out, steps))
+    return out
+
+
+def best_response(program: Program, name: str, values: dict[str, torch.Tensor],
+                  steps: int = 1) -> dict[str, torch.Tensor]:
+    """Level ``name`` and everything below it at their best response to ``values`` (others)."""
+    level = program.by_name[name]
+    n_steps = steps if level.quadratic and all(
+        program.by_name[b].quadratic for b in program.below(name)) else max(steps, 12)
+
+    def total(x):
+        inner = solve_below(program, name, {**values, name: x}, steps)
+        return level.loss(inner)
+
+    x = _newton(total, values[name], n_steps)
+    return solve_below(program, name, {**values, name: x}, steps)
+
+
+def nested_solution(program: Program, top: str, b: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Every level below ``top`` at its best response to ``top = b`` (and the others' starts)."""
+    values = dict(program.start)
+    if b is not None:
+        values[top] = b
+    return solve_below(program, top, values)
+
+
+def objective(program: Program, top: str, b: torch.Tensor) -> torch.Tensor:
+    """``F(b)``: the top's loss at the fully solved nested problem."""
+    return program.by_name[top].loss(nested_solution(program, top, b))
+
+
+def exact_hypergradient(program: Program, top: str) -> torch.Tensor:
+    """``dF/db`` by autograd through the nested solution (the closed form)."""
+    b = program.start[top].detach().clone().requires_grad_(True)
+    return torch.autograd.grad(objective(program, top, b), b)[0].detach()
+
+
+def finite_difference(program: Program, top: str, eps: float = 1e-5) -> torch.Tensor:
+    """Central differences of ``F`` (confirms :func:`exact_hypergradient`)."""
+    b0 = program.start[top].detach()
+    out = torch.zeros_like(b0)
+    for i in range(len(b0)):
+        e = torch.zeros_like(b0)
+        e[i] = eps
+        out[i] = (objective(program, top, b0 + e).detach()
+                  - objective(program, top, b0 - e).detach()) / (2 * eps)
+    return out
+
+
+def _hessian_blocks(loss, values: dict[str, torch.Tensor], rows: str, cols: Sequence[str]):
+    """``d^2 loss / d rows d col`` for each col, as dense matrices."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in values.items()}
+    out = {c: torch.zeros(len(values[rows]), len(values[c]), dtype=DT) for c in cols}
+    value = loss(leaves)
+    g = torch.autograd.grad(value, leaves[rows], create_graph=True, allow_unused=True)[0]
+    if g is None or not g.requires_grad:  # the loss does not read rows, or only linearly
+        return out
+    for i in range(len(g)):
+        grads = torch.autograd.grad(g[i], [leaves[c] for c in cols], retain_graph=True,
+                                    allow_unused=True)
+        for c, gi in zip(cols, grads):
+            if gi is not None:
+                out[c][i] = gi
+    return out
+
+
+def frozen_hypergradient(program: Program, top: str, values: dict[str, torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+    """The default chain's hypergradient at ``values`` (default: the nested solution).
+
+    Cotangents ``c[K] = d g_top / d theta_K`` are pushed from the lowest level up, each onto
+    the levels above it (inside the top's sub-DAG) by ``J_K = -H_K^{-1} (d^2 g_K/d K d T)``,
+    with ``H_K`` the Hessian of ``g_K`` alone: the levels below ``K`` frozen.
+    """
+    values = dict(values if values is not None else nested_solution(program, top))
+    scope = [top, *program.below(top)]
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in values.items()}
+    f = program.by_name[top].loss(leaves)
+    grads = torch.autograd.grad(f, [leaves[n] for n in scope], allow_unused=True)
+    c = {n: (torch.zeros_like(values[n]) if g is None else g) for n, g in zip(scope, grads)}
+    depth = program.depths()
+    for k in sorted(scope[1:], key=lambda n: depth[n]):  # lowest first
+        above = [n for n in scope if k in program.below(n)]
+        blocks = _hessian_blocks(program.by_name[k].loss, values, k, [k, *above])
+        # pinv: a loss that does not read its own parameters has a zero Hessian, and the
+        # chain's contribution through it is zero
+        x = torch.linalg.pinv(blocks[k]) @ c[k]
+        for t in above:
+            c[t] = c[t] - blocks[t].T @ x
+    return c[top]
+
+
+# -- running the program through mlodsl -----------------------------------------------------
+
+class VecModule(nn.Module):
+    """A module whose only parameter is one vector (plus, optionally, one it never uses)."""
+
+    def __init__(self, value: torch.Tensor, unused: bool = False):
+        super().__init__()
+        self.p = nn.Parameter(value.detach().clone().to(DT))
+        if unused:
+            self.spare = nn.Parameter(torch.ones(2, dtype=DT))
+
+    def forward(self):
+        return self.p
+
+
+class LevelProblem(ImplicitProblem):
+    """A level of a :class:`Program` as an mlodsl problem (reads others as ``self.<name>()``)."""
+
+    def __init__(self, level: Level, reads: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.level = level
+        self.reads = list(reads)
+
+    def training_step(self, batch):
+        vals = {n: (self.module() if n == self.name else getattr(self, n)()) for n in self.reads}
+        return self.level.loss(vals)
+
+
+class _Recorder(Engine):
+    """An engine that records each problem's total gradient before its optimizer step."""
+
+    def before_optimizer_step(self, problem):
+        super().before_optimizer_step(problem)
+        self.recorded.setdefault(problem.name, []).append(
+            problem.module.p.grad.detach().clone())
+
+
+def build_engine(program: Program, configs: Mapping[str, dict], reads: Mapping[str, Sequence[str]],
+                 lrs: Mapping[str, float] | None = None, values: Mapping[str, torch.Tensor] | None
+                 = None, unused: Sequence[str] = (), optimizers: Mapping[str, Callable] | None
+                 = None, iterations: int = 1) -> Engine:
+    """An engine running ``program``: ``configs[name]`` is the ``Config`` of each level (its
+    ``type`` picks the method of the edges to its lowers), ``reads[name]`` what its loss reads.
+
+    Parameters start at ``values`` (default: the nested solution); learning rates default to 0
+    (levels stay at their best responses while the top's hypergradient is recorded).
+    """
+    values = dict(values) if values is not None else nested_solution(
+        program, program.levels[0].name)
+    lrs = dict(lrs or {})
+    problems = {}
+    for lv in program.levels:
+        mod = VecModule(values[lv.name], unused=lv.name in unused)
+        make = (optimizers or {}).get(lv.name) or (
+            lambda params, lr=lrs.get(lv.name, 0.0): torch.optim.SGD(params, lr=lr))
+        problems[lv.name] = LevelProblem(
+            lv, reads[lv.name], name=lv.name, module=mod, optimizer=make(mod.parameters()),
+            train_data_loader=[0], config=Config(**configs.get(lv.name, {})))
+    l2u: dict = {}
+    for lv in program.levels:
+        for low in lv.lowers:
+            l2u.setdefault(problems[low], []).append(problems[lv.name])
+    engine = _Recorder(config=EngineConfig(train_iters=iterations, valid_step=0),
+                       problems=list(problems.values()), dependencies={"l2u": l2u})
+    engine.recorded = {}
+    return engine
+
+
+def run_and_record(engine: Engine, name: str, iterations: int | None = None
+                   ) -> list[torch.Tensor]:
+    """Run the engine; the total gradients of problem ``name``, one per step it took."""
+    if iterations is not None:
+        engine.config.train_iters = iterations
+    engine.run()
+    return engine.recorded.get(name, [])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|``."""
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+# -- ingredients for quadratic programs ----------------------------------------------------
+
+def spd(n: int, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """A random symmetric positive definite matrix with eigenvalues in about [scale, 3 scale]."""
+    m = torch.randn(n, n, generator=gen, dtype=DT)
+    return scale * (m @ m.T / n + torch.eye(n, dtype=DT))
+
+
+def randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    """Standard normal float64 numbers from ``gen``."""
+    return torch.randn(*shape, generator=gen, dtype=DT)
