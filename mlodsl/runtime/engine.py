@@ -39,6 +39,7 @@ from mlodsl.methods import METHODS
 from mlodsl.runtime import checkpoint as ckpt
 from mlodsl.runtime import distributed as dist
 from mlodsl.runtime.config import EngineConfig
+from mlodsl.runtime.consumers import WindowConsumers
 from mlodsl.runtime.device import resolve_device
 from mlodsl.runtime.functional import (ModuleView, gradient_fingerprint, same_fingerprint,
                                        substitute)
@@ -156,6 +157,12 @@ class Engine:
         self._surrogates_ok: dict[tuple[str, tuple[str, ...]], bool] = {}
         self._unrolled = {e.lower for e in edge_specs if e.method == "unroll"} | {
             n for n, p in self.problems.items() if p.iterative and self.schedule.uppers(n)}
+        #: Which unrolled windows every problem above them has used (they may then close).
+        self.window_consumers = WindowConsumers(
+            {n: self.schedule.lowers(n) for n in self.problems}, self._unrolled)
+        if self._unrolled:
+            from mlodsl.runtime.hypergrad.unroll import check_nesting
+            check_nesting(self)
         self.global_step = 0
         self.history = MetricsLog()
         self._pending_checks: list[tuple[str, str, torch.Tensor]] = []
@@ -280,7 +287,8 @@ class Engine:
     # -- loss evaluation ---------------------------------------------------------------------
     def evaluate_loss(self, problem: Problem, batch: Any, params: Sequence[torch.Tensor] | None
                       = None, own_step: bool = False, with_metrics: bool = False,
-                      grad_wrt: Sequence[str] | None = None, first_order: bool = False):
+                      grad_wrt: Sequence[str] | None = None, first_order: bool = False,
+                      shown: Mapping[str, Sequence[torch.Tensor]] | None = None):
         """``problem``'s loss on ``batch``, optionally at other parameters, functionally.
 
         Every problem's module sees its current tensors (fast weights while unrolled); with
@@ -293,6 +301,9 @@ class Engine:
         that read none of them). Each such surrogate is checked once against the full loss;
         it is differentiated only once. ``first_order``: the loss will not be differentiated
         through its gradient (a compiled program may run a ``torch.compile``d graph).
+        ``shown``: tensors other problems are shown instead of their current parameters (by
+        problem name; an unrolled step reads copies of parameters that may change in place
+        while its window is open, :mod:`mlodsl.runtime.consumers`).
         """
         if grad_wrt is not None:
             def compute(b):
@@ -305,6 +316,8 @@ class Engine:
             mapping = None
             if other is problem and params is not None:
                 mapping = dict(zip(other._trainable_names(), params))
+            elif shown and other.name in shown:
+                mapping = dict(zip(other._trainable_names(), shown[other.name]))
             elif other._fast is not None:
                 mapping = dict(zip(other._trainable_names(), other._fast))
             protect = not (own_step and other is problem) and other._has_buffers()
@@ -355,10 +368,10 @@ class Engine:
             self._maybe_cache_for_roll_back(problem)
             take_step(self, problem)
             self._log_problem(problem)
-            lowers = self.schedule.lowers(name)
-            for lower in lowers:
-                if self.edges[(name, lower)].method == "unroll" or self.problems[lower].iterative:
-                    end_unroll_window(self.problems[lower])
+            # A window below closes once every problem above it has differentiated through
+            # it, not at its own upper's step (nested unrolling: runtime/consumers.py).
+            for lower in self.window_consumers.stepped(name):
+                end_unroll_window(self.problems[lower])
             if self.config.roll_back:
                 self._roll_back_lowers(name)
         self._check_finite()

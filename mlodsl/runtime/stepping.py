@@ -24,7 +24,7 @@ import torch
 from mlodsl.diagnostics import MLOError
 from mlodsl.runtime.hypergrad.chain import total_gradient
 
-__all__ = ["take_step", "end_unroll_window"]
+__all__ = ["take_step", "end_unroll_window", "window_copies"]
 
 
 def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
@@ -39,11 +39,12 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
             return take_checkpointed_step(engine, problem, batch)
     total: list[torch.Tensor] | None = None
     loss = None
+    shown = window_copies(engine, problem) if differentiable else None
     for _ in range(accum):
         current = problem.next_batch() if batch is None else batch
         create_graph = differentiable and not first_order
         loss, metrics = engine.evaluate_loss(problem, current, own_step=True, with_metrics=True,
-                                             first_order=not create_graph)
+                                             first_order=not create_graph, shown=shown)
         engine.watch_finite(problem, loss)
         # fp16: the loss is scaled so that the whole total gradient is (precision.py).
         grads = total_gradient(engine, problem, engine.precision.scale_loss(problem, loss),
@@ -60,6 +61,24 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
     else:
         _optimizer_update(engine, problem, total, loss)
     return loss
+
+
+def window_copies(engine, problem) -> dict[str, list[torch.Tensor]]:
+    """What an unrolled step of ``problem`` reads instead of live parameters that may change
+    in place while its window is open: differentiable copies (``clone``), by problem name.
+
+    The tape then holds the values the step read, and gradients still reach the live
+    parameters through the copies (:mod:`mlodsl.runtime.consumers`). Fast weights are never
+    changed in place and are read as they are.
+    """
+    out = {}
+    for name in engine.window_consumers.copied_readers(problem.name):
+        other = engine.problems[name]
+        live = other.trainable_parameters()
+        current = other.current_parameters()
+        if all(c is p for c, p in zip(current, live)):
+            out[name] = [p.clone() for p in live]
+    return out
 
 
 def _optimizer_update(engine, problem, grads: list[torch.Tensor], loss: torch.Tensor) -> None:

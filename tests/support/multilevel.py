@@ -287,3 +287,25 @@ def spd(n: int, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
 def randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
     """Standard normal float64 numbers from ``gen``."""
     return torch.randn(*shape, generator=gen, dtype=DT)
+
+
+def explicit_loop(program: Program, order: Sequence[str], lrs: Mapping[str, float],
+                  record: str | None = None, values: Mapping[str, torch.Tensor] | None = None):
+    """The hand-written nested loop: SGD steps in ``order``, every one differentiable.
+
+    Each problem's gradient is autograd's, with respect to its current tensor, so it goes
+    through every earlier step still on the tape. Returns the gradient of the first step of
+    ``record`` (with respect to its starting value, a leaf), or with ``record=None`` the
+    values after every step.
+    """
+    vals = {k: v.detach().clone().requires_grad_(True)
+            for k, v in (values if values is not None else program.start).items()}
+    for name in order:
+        loss = program.by_name[name].loss(vals)
+        (g,) = torch.autograd.grad(loss, vals[name], create_graph=True)
+        if name == record:
+            return g.detach()
+        vals[name] = vals[name] - lrs[name] * g
+    if record is not None:
+        raise ValueError(f"{record!r} never steps in {order}")
+    return {k: v.detach() for k, v in vals.items()}

@@ -58,7 +58,7 @@ import torch
 from mlodsl.methods import METHODS
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
 
-__all__ = ["unroll", "unroll_settings", "take_checkpointed_step"]
+__all__ = ["unroll", "unroll_settings", "check_nesting", "take_checkpointed_step"]
 
 
 @register("unroll")
@@ -81,6 +81,31 @@ def unroll_settings(engine, name: str) -> tuple[bool, bool]:
         return defaults["first_order"], defaults["checkpoint"]
     return (all(e.args.get("first_order", False) for e in specs),
             any(e.args.get("checkpoint", False) for e in specs))
+
+
+def check_nesting(engine) -> None:
+    """Refuse a checkpointed window below another level whose steps are unrolled.
+
+    A checkpointed step keeps no graph: its backward recomputes it and differentiates it
+    once, detached from the step's inputs. An unrolled (second-order) level above it takes
+    its own steps with a graph *through* that backward, and the level above that needs the
+    derivative of it: a second derivative through the recomputation, which it does not give.
+    Without the check, those paths would silently contribute nothing.
+    """
+    from mlodsl.diagnostics import MLOError
+
+    for name in sorted(engine.window_consumers.unrolled):
+        first_order, checkpointed = unroll_settings(engine, name)
+        if not checkpointed or first_order:
+            continue
+        for above in engine.window_consumers.above(name):
+            if engine.is_unrolled(above) and not unroll_settings(engine, above)[0]:
+                raise MLOError(
+                    f"unroll(checkpoint=True) into '{name}' cannot be nested under the "
+                    f"unrolled steps of '{above}': the hypergradient above '{above}' would "
+                    f"need a second derivative through the recomputed steps of '{name}'",
+                    hint=f"drop checkpoint=True on the edge into '{name}', or unroll "
+                    f"'{above}' with first_order=True (or an implicit method)")
 
 
 def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
@@ -121,8 +146,12 @@ def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
     layout = [{k: (_TENSOR if isinstance(v, torch.Tensor) else v) for k, v in sorted(st.items())}
               for st in states]
     clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
+    from mlodsl.runtime.stepping import window_copies
     others = [o for o in engine.problems.values() if o is not problem]
-    context = [list(o.current_parameters()) for o in others]
+    # copies of parameters that may change in place while the window is open: the tape keeps
+    # what this step read (mlodsl.runtime.consumers)
+    copies = window_copies(engine, problem)
+    context = [copies.get(o.name) or list(o.current_parameters()) for o in others]
     state_flat = [t for st in states for t in _state_tensors(st)]
     sizes = (len(problem._fast), len(state_flat), [len(c) for c in context])
     calls = {"n": 0}
