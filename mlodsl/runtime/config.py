@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError, did_you_mean
-from mlodsl.methods import METHODS
+from mlodsl.methods import METHODS, MULTILEVEL_MODES
 
 __all__ = ["Config", "EngineConfig"]
 
@@ -66,6 +66,7 @@ class Config:
     cg_tol: float = 0.0
     unroll_checkpoint: bool = False
     reinforce_baseline_decay: float = 0.9
+    multilevel: str = "frozen"  # "exact": a middle level's Jacobian from its total objective
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any):
@@ -94,6 +95,10 @@ class Config:
                 raise MLOError(f"Config({name}={value!r}) must be an integer >= 1")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise MLOError(f"Config(precision={self.precision!r}) must be 'fp32', 'fp16' or 'bf16'")
+        if self.multilevel not in MULTILEVEL_MODES:
+            raise MLOError(f"Config(multilevel={self.multilevel!r}) must be one of "
+                           + ", ".join(repr(m) for m in MULTILEVEL_MODES),
+                           hint=did_you_mean(str(self.multilevel), MULTILEVEL_MODES))
 
     @property
     def step(self) -> int:

@@ -163,6 +163,9 @@ class Engine:
         if self._unrolled:
             from mlodsl.runtime.hypergrad.unroll import check_nesting
             check_nesting(self)
+        if any(e.args.get("multilevel") == "exact" for e in edge_specs):
+            from mlodsl.runtime.hypergrad.multilevel import check_exact
+            check_exact(self)
         self.global_step = 0
         self.history = MetricsLog()
         self._pending_checks: list[tuple[str, str, torch.Tensor]] = []

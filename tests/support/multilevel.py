@@ -194,6 +194,74 @@ def frozen_hypergradient(program: Program, top: str, values: dict[str, torch.Ten
     return c[top]
 
 
+def linearised_chain(program: Program, top: str, identity: Sequence[str] = (),
+                     total: Sequence[str] = (), values: dict[str, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+    """The chain with dense matrices: what mlodsl computes, written out independently.
+
+    Each level ``K`` below ``top`` responds to the levels above it (inside the top's sub-DAG)
+    by ``J_K = -S_K M_K``: ``M_K`` its second derivative in (itself, them), ``S_K = H_K^{-1}``
+    (``cg``, ``neumann`` converged) or the identity (``K`` in ``identity``: ``darts``, ``sama``
+    with SGD). For ``K`` in ``total`` (the exact mode) ``H_K`` and ``M_K`` are those of the
+    total objective with the levels below ``K`` responding linearly (``P' (d^2 g_K) P``, with
+    ``P = [I; R]`` and ``R`` their responses). Cotangents are then summed over every path.
+    With ``total`` every middle level and no ``identity``, this is :func:`exact_hypergradient`
+    for quadratic levels; with no ``total`` it is :func:`frozen_hypergradient`.
+    """
+    values = dict(values if values is not None else nested_solution(program, top))
+    scope = [top, *program.below(top)]
+    depth = program.depths()
+    dims = {n: len(values[n]) for n in scope}
+    above = {k: [n for n in scope if k in program.below(n)] for k in scope}
+    J: dict[str, dict[str, torch.Tensor]] = {}
+
+    def responses(k: str, free: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """``R[L][X] = d theta_L / d theta_X`` for L below k, X in free (top-down)."""
+        R: dict[str, dict[str, torch.Tensor]] = {}
+        for low in sorted(program.below(k), key=lambda n: -depth[n]):
+            R[low] = {}
+            for x in free:
+                acc = torch.zeros(dims[low], dims[x], dtype=DT)
+                for a in above[low]:
+                    d_a = (torch.eye(dims[x], dtype=DT) if a == x else
+                           R[a][x] if a in R else None)
+                    if d_a is not None:
+                        acc = acc + J[low][a] @ d_a
+                R[low][x] = acc
+        return R
+
+    for k in sorted(scope[1:], key=lambda n: depth[n]):  # lowest first: J of those below known
+        free = [k, *above[k]]
+        cols = free + (program.below(k) if k in total else [])
+        blocks = {r: _hessian_blocks(program.by_name[k].loss, values, r, cols) for r in cols}
+        if k in total:
+            R = responses(k, free)
+
+            def P(name, x):  # d theta_name / d theta_x along the linearised responses
+                if name in free:
+                    return torch.eye(dims[x], dtype=DT) if name == x else \
+                        torch.zeros(dims[name], dims[x], dtype=DT)
+                return R[name][x]
+
+            def block(x, y):
+                return sum(P(r, x).T @ blocks[r][c] @ P(c, y) for r in cols for c in cols)
+        else:
+            def block(x, y):
+                return blocks[x][y]
+        H = block(k, k)
+        S = torch.eye(dims[k], dtype=DT) if k in identity else torch.linalg.pinv(H)
+        J[k] = {a: -S @ block(k, a) for a in above[k]}
+
+    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in values.items()}
+    grads = torch.autograd.grad(program.by_name[top].loss(leaves), [leaves[n] for n in scope],
+                                allow_unused=True)
+    c = {n: (torch.zeros(dims[n], dtype=DT) if g is None else g) for n, g in zip(scope, grads)}
+    for k in sorted(scope[1:], key=lambda n: depth[n]):
+        for a in above[k]:
+            c[a] = c[a] + J[k][a].T @ c[k]
+    return c[top]
+
+
 # -- running the program through mlodsl -----------------------------------------------------
 
 class VecModule(nn.Module):
@@ -215,7 +283,7 @@ class LevelProblem(ImplicitProblem):
     def __init__(self, level: Level, reads: Sequence[str], **kwargs):
         super().__init__(**kwargs)
         self.level = level
-        self.reads = list(reads)
+        self.reads = list(reads)  # the loss may use any of them (unused ones carry no graph)
 
     def training_step(self, batch):
         vals = {n: (self.module() if n == self.name else getattr(self, n)()) for n in self.reads}
@@ -231,12 +299,14 @@ class _Recorder(Engine):
             problem.module.p.grad.detach().clone())
 
 
-def build_engine(program: Program, configs: Mapping[str, dict], reads: Mapping[str, Sequence[str]],
-                 lrs: Mapping[str, float] | None = None, values: Mapping[str, torch.Tensor] | None
-                 = None, unused: Sequence[str] = (), optimizers: Mapping[str, Callable] | None
+def build_engine(program: Program, configs: Mapping[str, dict],
+                 reads: Mapping[str, Sequence[str]] | None = None,
+                 lrs: Mapping[str, float] | None = None,
+                 values: Mapping[str, torch.Tensor] | None = None, unused: Sequence[str] = (), optimizers: Mapping[str, Callable] | None
                  = None, iterations: int = 1) -> Engine:
     """An engine running ``program``: ``configs[name]`` is the ``Config`` of each level (its
-    ``type`` picks the method of the edges to its lowers), ``reads[name]`` what its loss reads.
+    ``type`` picks the method of the edges to its lowers), ``reads[name]`` what its loss is
+    given (default: every level).
 
     Parameters start at ``values`` (default: the nested solution); learning rates default to 0
     (levels stay at their best responses while the top's hypergradient is recorded).
@@ -250,7 +320,8 @@ def build_engine(program: Program, configs: Mapping[str, dict], reads: Mapping[s
         make = (optimizers or {}).get(lv.name) or (
             lambda params, lr=lrs.get(lv.name, 0.0): torch.optim.SGD(params, lr=lr))
         problems[lv.name] = LevelProblem(
-            lv, reads[lv.name], name=lv.name, module=mod, optimizer=make(mod.parameters()),
+            lv, (reads or {}).get(lv.name, list(program.by_name)), name=lv.name, module=mod,
+            optimizer=make(mod.parameters()),
             train_data_loader=[0], config=Config(**configs.get(lv.name, {})))
     l2u: dict = {}
     for lv in program.levels:
