@@ -389,10 +389,47 @@ class _Checker:
                                  f"'{upper}' reads nothing at or below '{lower}'",
                                  f"use '{lower}' in the loss of '{upper}', e.g. '{lower}(x)'")
                 if lower in reads and upper not in reads[lower]:
-                    self.warning(e.target_span,
-                                 f"hypergradient through '{lower}' is zero: the loss of "
-                                 f"'{lower}' never reads '{upper}'",
-                                 f"use '{upper}' in the loss of '{lower}', e.g. '{upper}()'")
+                    self.warn_frozen_zero(upper, lower, e, reads, below)
+
+
+    def warn_frozen_zero(self, upper: str, lower: str, e, reads, below) -> None:
+        """The loss of ``lower`` never reads ``upper``: say whether that makes the hypergradient
+        zero exactly, or only under the default (frozen) chain (docs/hypergradients.md)."""
+        readers = sorted(b for b in below[lower] if upper in reads.get(b, ()))
+        if not readers:  # nothing at or below the lower reads the upper: zero in every mode
+            self.warning(e.target_span,
+                         f"hypergradient through '{lower}' is zero: neither the loss of "
+                         f"'{lower}' nor any level below it reads '{upper}'",
+                         f"use '{upper}' in the loss of '{lower}', e.g. '{upper}()'")
+            return
+        if self.multilevel_mode(upper, e) == "frozen":
+            self.warning(e.target_span,
+                         f"hypergradient through '{lower}' is zero under the default "
+                         f"(frozen) chain: the loss of '{lower}' never reads '{upper}', and "
+                         f"'{lower}''s Jacobian holds the levels below it fixed, though "
+                         f"{', '.join(repr(r) for r in readers)} read"
+                         f"{'s' if len(readers) == 1 else ''} '{upper}'",
+                         "let the levels below respond with multilevel=\"exact\" in the "
+                         f"method, e.g. 'via cg(iterations=10, multilevel=\"exact\")' "
+                         "(docs/hypergradients.md, 'What is exact')")
+
+    def multilevel_mode(self, upper: str, e) -> str | None:
+        """The ``multilevel`` argument of the method that carries edge ``e`` (the ``via``,
+        else the upper's ``hypergrad``, else the engine's); None when not a literal."""
+        method = e.method
+        if method is None:
+            hg = self.problems[upper].field("hypergrad")
+            method = hg.value if hg is not None else None
+        if method is None and self.program.engines:
+            hg = self.program.engines[0].field("hypergrad")
+            method = hg.value if hg is not None else None
+        if not isinstance(method, ir.Call):
+            return "frozen"
+        for kw in method.kwargs:
+            if kw.name == "multilevel":
+                value = literal_value(kw.value, self.lets)
+                return value if isinstance(value, str) else None
+        return "frozen"
 
 
 def _method_arguments(expr: ir.Expr) -> list[ir.Expr]:

@@ -101,3 +101,30 @@ def test_a_checkpointed_window_under_unrolled_steps_is_refused():
     # first-order steps above it differentiate it once: allowed
     build_engine(program, {"top": dict(_unroll(2), first_order=True), "mid": ckpt},
                  THREE_LEVEL_READS, lrs=LRS)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_one_lower_under_two_unrolling_uppers(every):
+    """Both uppers differentiate through the lower's window: it closes after the second one
+    (it used to close after the first, leaving the second with no path at all)."""
+    from tests.support.shapes import two_uppers
+    program = two_uppers()
+    lrs = {"low": 0.2, "u1": 0.1, "u2": 0.1}
+    engine = build_engine(program, {"u1": _unroll(every), "u2": _unroll(every)}, lrs=lrs,
+                          values=program.start)
+    run_and_record(engine, "u1", iterations=every)
+    order = ["low"] * every + ["u1", "u2"]
+    for upper in ("u1", "u2"):
+        want = explicit_loop(program, order, lrs, upper)
+        assert rel_err(engine.recorded[upper][0], want) <= 1e-10
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_one_upper_over_two_unrolled_lowers(every):
+    from tests.support.shapes import two_lowers
+    program = two_lowers()
+    lrs = {"l1": 0.2, "l2": 0.3, "top": 0.1}
+    engine = build_engine(program, {"top": _unroll(every)}, lrs=lrs, values=program.start)
+    got = run_and_record(engine, "top", iterations=every)
+    want = explicit_loop(program, ["l1", "l2"] * every + ["top"], lrs, "top")
+    assert rel_err(got[0], want) <= 1e-10
