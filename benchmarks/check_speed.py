@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlodsl.compiler.check import check, errors  # noqa: E402
-from mlodsl.compiler.parse import parse  # noqa: E402
+from mlodsl.compiler.front.check import check, errors  # noqa: E402
+from mlodsl.compiler.front.parse import parse  # noqa: E402
 
 
 def generate(n: int, fanin: int = 2) -> str:

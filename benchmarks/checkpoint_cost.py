@@ -17,7 +17,6 @@ Prints one JSON line (prefixed ``BENCH_RESULT``) and a table.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile

@@ -15,7 +15,7 @@
 #   4. a CPU subset of the suite (GPUs hidden)       -> $OUT/pytest_cpu.txt
 #   5. benchmarks/vs_betty.py --device cuda, small   -> $OUT/vs_betty_cuda.json
 #   6. benchmarks/hypergrad_cost.py --device cuda    -> $OUT/hypergrad_cost_cuda.json
-#   7. if time is left: tests/hypergrad with CUDA visible (the engine's "auto" device then
+#   7. if time is left: tests/runtime/hypergrad with CUDA visible (the engine's "auto" device then
 #      picks CUDA for tests written for the CPU)     -> $OUT/pytest_auto_cuda.txt
 #
 # Everything printed also goes to $OUT/gpu_check.log (at most 6 files in $OUT). pytest gets
@@ -125,8 +125,8 @@ $PY -m pytest tests/cuda -rfE --durations=10 -p no:cacheprovider 2>&1 | tee '$OU
 
 # 4. a subset of the CPU suite on this machine's Python/torch, GPUs hidden (what it tests
 # is the CPU path with this torch version)
-if [ "$DRY" = "1" ]; then CPU_TESTS="tests/hypergrad/test_implicit_exact.py"; else
-    CPU_TESTS="tests/hypergrad tests/systems/test_precision.py tests/runtime/test_darts.py"; fi
+if [ "$DRY" = "1" ]; then CPU_TESTS="tests/runtime/hypergrad/test_implicit.py"; else
+    CPU_TESTS="tests/runtime/hypergrad tests/runtime/test_precision.py"; fi
 step "pytest CPU subset" 60 "
 CUDA_VISIBLE_DEVICES= $PY -m pytest $CPU_TESTS -x -p no:cacheprovider 2>&1 | tee '$OUT/pytest_cpu.txt'"
 
@@ -155,8 +155,8 @@ $PY benchmarks/hypergrad_cost.py --device $DEVICE $HC --timeout 45 \
 # a device, so the engine's default ("auto") runs them on CUDA; failures here are evidence
 # (e.g. tests comparing a CUDA result with a CPU constant), not necessarily bugs.
 if [ "$DRY" != "1" ]; then
-    step "pytest tests/hypergrad, auto device (CUDA visible)" 45 "
-$PY -m pytest tests/hypergrad -rfE -p no:cacheprovider --maxfail=5 2>&1 | tail -n 40 | tee '$OUT/pytest_auto_cuda.txt'"
+    step "pytest tests/runtime/hypergrad, auto device (CUDA visible)" 45 "
+$PY -m pytest tests/runtime/hypergrad -rfE -p no:cacheprovider --maxfail=5 2>&1 | tail -n 40 | tee '$OUT/pytest_auto_cuda.txt'"
 fi
 
 echo

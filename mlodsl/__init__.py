@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compile": ("mlodsl.compiler.api", "compile"),
-    "ExecutionPlan": ("mlodsl.compiler.plan", "ExecutionPlan"),
+    "ExecutionPlan": ("mlodsl.compiler.back.plan", "ExecutionPlan"),
     "Problem": ("mlodsl.runtime.problem", "Problem"),
     "ImplicitProblem": ("mlodsl.runtime.problem", "ImplicitProblem"),
     "IterativeProblem": ("mlodsl.runtime.problem", "IterativeProblem"),

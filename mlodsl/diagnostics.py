@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 __all__ = [
@@ -39,11 +39,6 @@ class Span:
     column: int = 1
     end_line: int = 1
     end_column: int = 2
-
-    @staticmethod
-    def point(line: int, column: int) -> "Span":
-        """A one-character span at ``line:column``."""
-        return Span(line, column, line, column + 1)
 
 
 @dataclass(frozen=True)
@@ -80,17 +75,21 @@ class MLOError(Exception):
     """The error type of mlodsl: a list of diagnostics, at least one of them an error.
 
     ``kind`` is ``"program"`` for mistakes in the user's program (exit status 2) and
-    ``"run"`` for failures while running it (exit status 1).
+    ``"run"`` for failures while running it (exit status 1). ``sources`` maps file labels
+    to their text, so that :meth:`render` can show the lines and carets; whoever raises the
+    error and knows the text passes it (or adds to it with :meth:`add_sources`).
     """
 
     def __init__(self, diagnostics: Diagnostic | str | Sequence[Diagnostic], *,
-                 kind: str = "program", hint: str | None = None):
+                 kind: str = "program", hint: str | None = None,
+                 sources: Mapping[str, str] | None = None):
         if isinstance(diagnostics, str):
             diagnostics = [Diagnostic(None, None, "error", diagnostics, hint)]
         elif isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
         self.diagnostics: list[Diagnostic] = sorted(diagnostics, key=Diagnostic.sort_key)
         self.kind = kind
+        self.sources: dict[str, str] = dict(sources or {})
         super().__init__("\n".join(d.headline() for d in self.diagnostics))
 
     @property
@@ -98,9 +97,14 @@ class MLOError(Exception):
         """2 for a program error, 1 for a run failure."""
         return 2 if self.kind == "program" else 1
 
+    def add_sources(self, sources: Mapping[str, str]) -> "MLOError":
+        """Add texts that the error does not have yet (its own stay); returns the error."""
+        self.sources = {**sources, **self.sources}
+        return self
+
     def render(self, sources: Mapping[str, str] | None = None) -> str:
-        """The diagnostics as text, with source lines and carets where ``sources`` has them."""
-        return render_text(self.diagnostics, sources or {})
+        """The diagnostics as text, with source lines and carets (``sources`` or the error's)."""
+        return render_text(self.diagnostics, sources or self.sources)
 
 
 def _source_line(sources: Mapping[str, str], file: str | None, line: int) -> str | None:

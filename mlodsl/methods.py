@@ -13,11 +13,10 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Argument", "MethodSignature", "METHODS", "MULTILEVEL_MODES", "method_names",
-           "BadMethodArgument"]
+__all__ = ["Argument", "MethodSignature", "METHODS", "MULTILEVEL_MODES", "BadMethodArgument"]
 
 
 class BadMethodArgument(ValueError):
@@ -81,7 +80,6 @@ class MethodSignature:
     name: str
     arguments: tuple[Argument, ...] = ()
     summary: str = ""
-    implicit: bool = True  # False for methods that do not assume the lower is at its optimum
     positional: bool = False  # whether positional arguments are allowed (in declaration order)
 
     def argument(self, name: str) -> Argument | None:
@@ -173,14 +171,12 @@ METHODS: dict[str, MethodSignature] = {
              Argument("checkpoint", bool, False,
                       doc="recompute the unrolled steps in backward instead of storing them")),
             "iterative differentiation through the lower's last `every` steps",
-            implicit=False,
         ),
         MethodSignature(
             "reinforce",
             (Argument("baseline_decay", float, 0.9, minimum=0.0, maximum=1.0,
                       doc="decay of the running-mean reward baseline"),),
             "score-function estimator for uppers that reach the lower by sampling",
-            implicit=False,
         ),
         MethodSignature(
             "sama",
@@ -192,12 +188,6 @@ METHODS: dict[str, MethodSignature] = {
             "first_order",
             (),
             "ignore the implicit term: only the direct gradient of the upper's loss",
-            implicit=False,
         ),
     ]
 }
-
-
-def method_names() -> list[str]:
-    """The names of every registered hypergradient method."""
-    return list(METHODS)

@@ -3,7 +3,7 @@
 Same model, data, seeds, optimizers, method settings and timing as ``hpo_betty.py`` and
 ``hpo_mlodsl.py``; the difference is that the losses are written in the language, so the
 compiler sees them as fx graphs instead of opaque ``training_step`` methods. That lets the
-runtime differentiate *slices* of a loss (``mlodsl.compiler.slicing``): ``darts`` needs the
+runtime differentiate *slices* of a loss (``mlodsl.compiler.back.slicing``): ``darts`` needs the
 classifier's loss only for its gradient in the weight decays, and the cross-entropy term of
 that loss (the whole network's forward pass) reads no weight decay, so it is left out.
 

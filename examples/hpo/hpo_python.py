@@ -9,27 +9,24 @@ Written with mlodsl's Python API, which mirrors Betty's (only the imports differ
   validation split (no L2 term), the textbook hyperparameter-optimization objective.
 * ``--variant baseline``: a fixed weight decay of 5e-4, no upper problem.
 
-Run ``python examples/hpo/hpo_python.py --variant all`` to see all three on the digits data,
+Run ``python -m examples.hpo.hpo_python --variant all`` to see all three on the digits data,
 or ``--mnist DIR`` with MNIST's IDX files in DIR (784-200-10 net).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from examples.hpo.parts import Net, WeightDecay, accuracy, digits, mnist, weighted_l2  # noqa: E402
-from mlodsl.configs import Config, EngineConfig  # noqa: E402
-from mlodsl.engine import Engine  # noqa: E402
-from mlodsl.problems import ImplicitProblem  # noqa: E402
-from mlodsl.runtime.data import make_loader  # noqa: E402
+from examples.hpo.parts import Net, WeightDecay, accuracy, digits, mnist, weighted_l2
+from mlodsl.configs import Config, EngineConfig
+from mlodsl.engine import Engine
+from mlodsl.problems import ImplicitProblem
+from mlodsl.runtime.data import make_loader
 
 
 class Classifier(ImplicitProblem):

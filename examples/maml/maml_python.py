@@ -11,26 +11,23 @@ SGD steps of rate ``INNER_LR`` on their 10 support points):
   many as MAML's meta-steps), then adapted with the same steps;
 * ``--variant scratch``: a freshly initialised MLP adapted with the same steps.
 
-Run ``python examples/maml/maml_python.py --variant all --seed 0``.
+Run ``python -m examples.maml.maml_python --variant all --seed 0``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from examples.maml.parts import (SineMLP, TaskDelta, adapted_mse, reset_to_zero,  # noqa: E402
+from examples.maml.parts import (SineMLP, TaskDelta, adapted_mse, reset_to_zero,
                                  sine_tasks, task_mse)
-from mlodsl.configs import Config, EngineConfig  # noqa: E402
-from mlodsl.engine import Engine  # noqa: E402
-from mlodsl.problems import ImplicitProblem, IterativeProblem  # noqa: E402
+from mlodsl.configs import Config, EngineConfig
+from mlodsl.engine import Engine
+from mlodsl.problems import ImplicitProblem, IterativeProblem
 
 #: Hyperparameters shared with ``maml.mlo`` (keep the two in step).
 TASKS, SHOTS, STEPS, INNER_LR, META_LR, HIDDEN = 25, 10, 5, 0.01, 1e-3, 40

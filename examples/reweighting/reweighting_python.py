@@ -7,27 +7,24 @@ mlodsl's Betty-style Python API. Variants:
 * ``--variant darts``: Meta-Weight-Net with the ``darts()`` hypergradient (the ``.mlo`` file's);
 * ``--variant neumann``: the same with ``neumann(iterations=3)``.
 
-Run ``python examples/reweighting/reweighting_python.py --variant all --seed 0``.
+Run ``python -m examples.reweighting.reweighting_python --variant all --seed 0``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from examples.reweighting.parts import (Net, WeightNet, accuracy, digits, meta_digits,  # noqa: E402
+from examples.reweighting.parts import (Net, WeightNet, accuracy, digits, meta_digits,
                                         noisy_digits, reweighted_ce)
-from mlodsl.configs import Config, EngineConfig  # noqa: E402
-from mlodsl.engine import Engine  # noqa: E402
-from mlodsl.problems import ImplicitProblem  # noqa: E402
-from mlodsl.runtime.data import make_loader  # noqa: E402
+from mlodsl.configs import Config, EngineConfig
+from mlodsl.engine import Engine
+from mlodsl.problems import ImplicitProblem
+from mlodsl.runtime.data import make_loader
 
 #: Hyperparameters shared with ``reweighting.mlo`` (keep the two in step).
 SIZES = [64, 100, 10]

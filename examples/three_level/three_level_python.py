@@ -11,28 +11,25 @@ the same long-tailed, label-noisy digits and judged by test accuracy:
   edge: the weight net's Jacobian from its total objective, the classifier responding
   (docs/hypergradients.md, "What is exact").
 
-Run ``python examples/three_level/three_level_python.py --variant all --seed 0``.
+Run ``python -m examples.three_level.three_level_python --variant all --seed 0``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from examples.three_level.parts import (LogDecay, Net, WeightNet, accuracy, digits,  # noqa: E402
+from examples.three_level.parts import (LogDecay, Net, WeightNet, accuracy, digits,
                                         holdout_digits, l2, meta_digits, noisy_digits,
                                         reweighted_ce)
-from mlodsl.configs import Config, EngineConfig  # noqa: E402
-from mlodsl.engine import Engine  # noqa: E402
-from mlodsl.problems import ImplicitProblem  # noqa: E402
-from mlodsl.runtime.data import make_loader  # noqa: E402
+from mlodsl.configs import Config, EngineConfig
+from mlodsl.engine import Engine
+from mlodsl.problems import ImplicitProblem
+from mlodsl.runtime.data import make_loader
 
 #: Hyperparameters shared with ``three_level.mlo`` (keep the two in step).
 SIZES, LR, MOMENTUM, BATCH = [64, 100, 10], 0.01, 0.9, 64

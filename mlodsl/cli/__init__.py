@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_module(args.command).main(args) or 0)
     except MLOError as err:
-        sys.stderr.write(err.render(getattr(err, "sources", None)) + "\n")
+        sys.stderr.write(err.render() + "\n")
         return err.exit_status
     except KeyboardInterrupt:
         sys.stderr.write("mlodsl: interrupted\n")

@@ -20,9 +20,9 @@ def add_arguments(parser) -> None:
 
 def check_file(path: str):
     """Parse and check one file: ``(diagnostics, source text or None, program or None)``."""
-    from mlodsl.compiler._front_files import read_source
-    from mlodsl.compiler.check import check
-    from mlodsl.compiler.parse import decode_source, parse
+    from mlodsl.compiler.front.check import check
+    from mlodsl.compiler.front.files import read_source
+    from mlodsl.compiler.front.parse import decode_source, parse
     from mlodsl.diagnostics import MLOError
 
     data, problem = read_source(path)
@@ -33,14 +33,13 @@ def check_file(path: str):
         text = decode_source(data, path)
         program = parse(text, path)
     except MLOError as err:
-        sources = getattr(err, "sources", {}) or {}
-        return err.diagnostics, sources.get(path, text), None
+        return err.diagnostics, err.sources.get(path, text), None
     return check(program), text, program
 
 
 def main(args) -> int:
     """Run ``mlodsl check``; returns the exit status."""
-    from mlodsl.compiler.check import summary
+    from mlodsl.compiler.front.check import summary
     from mlodsl.diagnostics import render_json, render_text
 
     status = 0

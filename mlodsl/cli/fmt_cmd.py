@@ -20,9 +20,9 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """Run ``mlodsl fmt``; returns the exit status."""
-    from mlodsl.compiler._front_files import read_source
-    from mlodsl.compiler.fmt import format_program
-    from mlodsl.compiler.parse import decode_source
+    from mlodsl.compiler.front.files import read_source
+    from mlodsl.compiler.front.fmt import format_program
+    from mlodsl.compiler.front.parse import decode_source
     from mlodsl.diagnostics import MLOError, render_text
 
     status = 0
@@ -37,7 +37,7 @@ def main(args) -> int:
             text = decode_source(data, path)
             formatted = format_program(text, path)
         except MLOError as err:
-            sources = getattr(err, "sources", None) or ({path: text} if text else {})
+            sources = err.sources or ({path: text} if text else {})
             sys.stderr.write(render_text(err.diagnostics, sources) + "\n")
             status = 2
             continue

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 
 def _method_text(expr, problem, engine) -> str:
     """The edge's method as written; else the problem's, the engine's, or darts()."""
-    from mlodsl.compiler.fmt import format_expr
+    from mlodsl.compiler.front.fmt import format_expr
 
     for candidate in (expr, problem.field("hypergrad") if problem is not None else None,
                       engine.field("hypergrad") if engine is not None else None):
@@ -35,7 +35,7 @@ def _method_text(expr, problem, engine) -> str:
 
 def hierarchy(program):
     """``(levels, edges)``: ``{problem: level}`` and ``[(upper, lower, label)]`` in source order."""
-    from mlodsl.compiler.check import dependency_graph, levels
+    from mlodsl.compiler.front.check import dependency_graph, levels
 
     graph = dependency_graph(program)
     lv = levels(program) or {n: 0 for n in graph.nodes}

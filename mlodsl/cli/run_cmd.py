@@ -54,7 +54,7 @@ def default_run_dir(path: str) -> str:
 
 
 def _overrides(args) -> list:
-    from mlodsl.compiler.overrides import parse_override
+    from mlodsl.compiler.front.overrides import parse_override
 
     out = [parse_override(s) for s in args.set]
     if args.iterations is not None:

@@ -24,8 +24,8 @@ __all__ = ["compile", "load_program"]
 
 def _read(path_or_source: str | os.PathLike) -> tuple[str, str]:
     """``(file label, text)``: a path when it ends with ``.mlo`` or names a file, else source."""
-    from mlodsl.compiler._front_files import read_source
-    from mlodsl.compiler.parse import decode_source
+    from mlodsl.compiler.front.files import read_source
+    from mlodsl.compiler.front.parse import decode_source
 
     s = os.fspath(path_or_source)
     is_path = isinstance(path_or_source, os.PathLike) or s.endswith(".mlo") or (
@@ -41,11 +41,11 @@ def _read(path_or_source: str | os.PathLike) -> tuple[str, str]:
 def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
                  namespace: Mapping[str, Any] | None = None):
     """Parse, apply overrides and check: ``(program, sources, warnings)``. Raises MLOError."""
-    from mlodsl.compiler.check import check, errors
-    from mlodsl.compiler.interpret import SourceMap
-    from mlodsl.compiler.overrides import apply_overrides, from_mapping, relocate
-    from mlodsl.compiler.parse import parse
-    from mlodsl.compiler.resolve import NAMESPACE_MODULE
+    from mlodsl.compiler.back.resolve import NAMESPACE_MODULE
+    from mlodsl.compiler.front.check import check, errors
+    from mlodsl.compiler.front.overrides import apply_overrides, from_mapping, relocate
+    from mlodsl.compiler.front.parse import parse
+    from mlodsl.compiler.front.sources import SourceMap
 
     file, text = _read(path_or_source)
     sources = SourceMap(file, text)
@@ -60,31 +60,26 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
     try:
         ovs = from_mapping(overrides)
     except MLOError as err:
-        err.sources = {**sources.sources, **getattr(err, "sources", {})}
-        raise
+        raise err.add_sources(sources.sources) from None
     if ovs:
         try:
             program = apply_overrides(program, ovs, sources)
         except MLOError:
             if errors(before):  # the program's own errors first (e.g. no engine block)
-                err = MLOError(before)
-                err.sources = dict(sources.sources)
-                raise err from None
+                raise MLOError(before, sources=sources.sources) from None
             raise
         diags = relocate(check(program), before, file, ovs)
     else:
         diags = before
     if errors(diags):
-        err = MLOError(diags)
-        err.sources = dict(sources.sources)
-        raise err
+        raise MLOError(diags, sources=sources.sources)
     return program, sources, [d for d in diags if d.severity != "error"]
 
 
 def compile(path_or_source: str | os.PathLike,  # noqa: A001 - the public name
             overrides: Mapping[str, Any] | Iterable[str] | None = None,
             namespace: Mapping[str, Any] | None = None):
-    """Compile a ``.mlo`` program to an :class:`~mlodsl.compiler.plan.ExecutionPlan`.
+    """Compile a ``.mlo`` program to an :class:`~mlodsl.compiler.back.plan.ExecutionPlan`.
 
     Args:
         path_or_source: a path (ends with ``.mlo`` or names an existing file) or source text.
@@ -96,7 +91,7 @@ def compile(path_or_source: str | os.PathLike,  # noqa: A001 - the public name
     Raises :class:`~mlodsl.diagnostics.MLOError` (with ``.sources`` for rendering) for any
     error in the program, its overrides, its imports or the user code its fields call.
     """
-    from mlodsl.compiler.lower import lower
+    from mlodsl.compiler.back.lower import lower
 
     program, sources, warnings = load_program(path_or_source, overrides, namespace)
     plan = lower(program, sources, dict(namespace or {}))

@@ -8,7 +8,7 @@ what the formatter's round-trip guarantee (``parse(fmt(src)) == parse(src)``) re
 
 Example::
 
-    >>> from mlodsl.compiler.parse import parse_expression
+    >>> from mlodsl.compiler.front.parse import parse_expression
     >>> parse_expression("net.fc") == Attribute(Name("net"), "fc")
     True
 """
@@ -22,7 +22,7 @@ from mlodsl.diagnostics import Span
 __all__ = [
     "Node", "Expr", "Name", "Attribute", "Call", "Keyword", "Index", "UnaryOp", "BinOp",
     "Constant", "ListExpr", "TupleExpr", "Comment", "ImportName", "Import", "Let", "Edge",
-    "Field", "Problem", "Engine", "Program", "Item", "iter_expr", "NO_SPAN",
+    "Field", "Problem", "Engine", "Program", "Item", "iter_expr", "ExprVisitor", "NO_SPAN",
 ]
 
 #: The span of nodes built by hand (tests, the Python API) rather than parsed.
@@ -71,13 +71,6 @@ class Call:
     args: tuple["Expr", ...] = ()
     kwargs: tuple[Keyword, ...] = ()
     span: Span = _span()
-
-    def keyword(self, name: str) -> Keyword | None:
-        """The keyword argument called ``name``, or None."""
-        for kw in self.kwargs:
-            if kw.name == name:
-                return kw
-        return None
 
 
 @dataclass(frozen=True)
@@ -157,6 +150,65 @@ def iter_expr(expr: "Expr") -> Iterator["Expr"]:
         else:
             children = []
         stack.extend(reversed(children))
+
+
+class ExprVisitor:
+    """The one walk over IR expressions: one overridable method per kind of node.
+
+    The expression interpreter (:class:`mlodsl.compiler.back.interpret.Interpreter`), the fx
+    loss-graph builder (its subclass, :class:`mlodsl.compiler.back.loss_graph.GraphBuilder`,
+    the way ``torch.fx.Transformer`` subclasses ``torch.fx.Interpreter``) and the formatter
+    (:func:`mlodsl.compiler.front.fmt.format_expr`) all walk expressions through this class.
+    :meth:`visit` picks the method for the node's kind; each method receives the node and
+    returns whatever the walk produces (a value, an fx node, a string):
+
+    ========================  ==============  ===========================================
+    node                      method          spelling
+    ========================  ==============  ===========================================
+    :class:`Name`             ``name``        ``x``
+    :class:`Attribute`        ``attribute``   ``value.attr``
+    :class:`Call`             ``call``        ``func(a, k=v)``
+    :class:`Index`            ``index``       ``value[index]``
+    :class:`UnaryOp`          ``unary``       ``-x``, ``+x``
+    :class:`BinOp`            ``binop``       ``a + b``, ``a @ b``, ``a ** b``, ...
+    :class:`Constant`         ``constant``    ``1``, ``0.5``, ``"s"``, ``True``, ``None``
+    :class:`ListExpr`,        ``sequence``    ``[a, b]``, ``(a, b)``
+    :class:`TupleExpr`
+    ========================  ==============  ===========================================
+
+    A walk recurses by calling :meth:`visit` (or its own driver) on the children it needs.
+    A method left undefined raises ``NotImplementedError`` when its kind of node is met.
+
+    Example::
+
+        >>> class Names(ExprVisitor):
+        ...     def name(self, node): return [node.name]
+        ...     def binop(self, node): return self.visit(node.left) + self.visit(node.right)
+        >>> Names().visit(BinOp("+", Name("a"), Name("b")))
+        ['a', 'b']
+    """
+
+    def visit(self, node: "Expr"):
+        """Dispatch ``node`` to the method for its kind."""
+        method = _VISIT.get(type(node))
+        if method is None:
+            return self.unknown(node)
+        return getattr(self, method)(node)
+
+    def unknown(self, node):
+        """A node that is not an expression (an IR invariant broken)."""
+        raise TypeError(f"not an expression: {node!r}")
+
+    def _missing(self, node):
+        raise NotImplementedError(f"{type(self).__name__} does not handle "
+                                  f"{type(node).__name__} nodes")
+
+    name = attribute = call = index = unary = binop = constant = sequence = _missing
+
+
+_VISIT = {Name: "name", Attribute: "attribute", Call: "call", Index: "index",
+          UnaryOp: "unary", BinOp: "binop", Constant: "constant", ListExpr: "sequence",
+          TupleExpr: "sequence"}
 
 
 # ---------------------------------------------------------------------------- statements

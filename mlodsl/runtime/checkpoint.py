@@ -1,6 +1,7 @@
 """Checkpoints: the engine's complete state in one file, written atomically, read safely.
 
-What a checkpoint holds (everything a resumed run needs to take exactly the steps the
+A checkpoint is the engine's :class:`~mlodsl.runtime.state.TrainingState` in the layout of
+:meth:`~mlodsl.runtime.state.TrainingState.to_checkpoint`. What it holds (everything a resumed run needs to take exactly the steps the
 uninterrupted run would have taken):
 
 * per problem: module, optimizer, scheduler and gradient-scaler state, the step counter, and
@@ -23,94 +24,32 @@ then defers it to the next iteration that ends a window.
 from __future__ import annotations
 
 import os
-import random
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mlodsl.diagnostics import MLOError
 from mlodsl.runtime import distributed as dist
+from mlodsl.runtime.state import FORMAT_VERSION, TrainingState
 
 __all__ = ["save_checkpoint", "load_latest", "load_checkpoint", "list_checkpoints",
            "engine_state", "load_engine_state", "can_checkpoint"]
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
-FORMAT_VERSION = 1
-
-
-# ----------------------------------------------------------------------------- random state
-
-def rng_state() -> dict:
-    """Every global random state of this process, as tensors and plain containers."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy ships with torch wheels
-        return state
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(keys.astype("int64")),
-                      "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore random states written by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    # Only onto the same number of GPUs: elsewhere CUDA streams start from the seed instead.
-    if "cuda" in state and torch.cuda.is_available() and \
-            len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy as np
-
-        n = state["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"],
-                             n["has_gauss"], n["cached"]))
 
 
 # ----------------------------------------------------------------------------- engine state
 
 def can_checkpoint(engine) -> bool:
     """Whether the engine is between unrolled windows (no fast weights pending)."""
-    return all(p._fast is None for p in engine.problems.values())
-
-
-def _local_state(engine) -> dict:
-    """What differs between ranks: random states and data positions."""
-    return {"rng": rng_state(),
-            "data": {name: p.data_state() for name, p in engine.problems.items()}}
+    return all(not p.unrolled_window.is_open for p in engine.problems.values())
 
 
 def engine_state(engine) -> dict:
     """The engine's complete state (see the module docstring). Collective when distributed."""
-    ranks = dist.gather_objects(_local_state(engine))
-    problems = {}
-    for name, p in engine.problems.items():
-        problems[name] = {
-            "module": p.module.state_dict(),
-            "optimizer": p.optimizer.state_dict(),
-            "scheduler": p.scheduler.state_dict() if hasattr(p.scheduler, "state_dict") else None,
-            "count": p._count,
-        }
-    return {
-        "format": FORMAT_VERSION,
-        "global_step": engine.global_step,
-        "problems": problems,
-        "schedule": engine.schedule.state_dict(),
-        "precision": engine.precision.state_dict(),
-        "early_stopping": {"best": getattr(engine, "_es_best", None),
-                           "bad": getattr(engine, "_es_bad", 0)},
-        "method_states": [[u, l, s] for (u, l), s in engine._method_states.items()],
-        "roll_back": engine._roll_back_cache,
-        "history": list(engine.history.records),
-        "ranks": ranks,  # None on ranks other than 0, which do not write
-    }
+    state = engine.training_state()
+    return state.to_checkpoint(dist.gather_objects(state.local_part()))
 
 
 def load_engine_state(engine, state: dict) -> None:
@@ -118,56 +57,7 @@ def load_engine_state(engine, state: dict) -> None:
     if state.get("format") != FORMAT_VERSION:
         raise MLOError(f"checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}",
                        kind="run")
-    missing = set(engine.problems) - set(state["problems"])
-    if missing:
-        raise MLOError("the checkpoint does not match this program: it has no state for "
-                       f"problem(s) {', '.join(sorted(missing))}", kind="run")
-    for name, p in engine.problems.items():
-        saved = state["problems"][name]
-        p.module.load_state_dict(saved["module"])
-        p.optimizer.load_state_dict(saved["optimizer"])
-        if saved["scheduler"] is not None and hasattr(p.scheduler, "load_state_dict"):
-            p.scheduler.load_state_dict(saved["scheduler"])
-        p._count = int(saved["count"])
-    engine.global_step = int(state["global_step"])
-    engine.schedule.load_state_dict(state["schedule"])
-    engine.precision.load_state_dict(state["precision"])
-    es = state["early_stopping"]
-    if es["best"] is not None:
-        engine._es_best = es["best"]
-    engine._es_bad = int(es["bad"])
-    # Checkpoints load onto the CPU (map_location): a method's tensors (e.g. reinforce's
-    # baseline) go back to the device their edge's lower runs on, wherever they were saved.
-    engine._method_states = {(u, l): _to_device(s, _problem_device(engine, l))
-                             for u, l, s in state["method_states"]}
-    engine._roll_back_cache = dict(state["roll_back"])
-    engine.history.records[:] = list(state["history"])
-    ranks = state["ranks"]
-    mine = ranks[dist.rank()] if dist.rank() < len(ranks) else ranks[0]
-    # Data first: replaying an epoch's shuffle moves torch's global RNG, restored after.
-    for name, p in engine.problems.items():
-        if name in mine["data"] and p._stream is not None:
-            p._stream.load_state_dict(mine["data"][name])
-    set_rng_state(mine["rng"])
-
-
-def _problem_device(engine, name: str):
-    """The device problem ``name`` runs on (None when the engine does not know it)."""
-    problem = engine.problems.get(name)
-    return getattr(problem, "device", None) if problem is not None else None
-
-
-def _to_device(obj: Any, device) -> Any:
-    """``obj`` with every tensor inside it (dicts, lists, tuples nest) moved to ``device``."""
-    if device is None:
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
+    engine.load_training_state(TrainingState.from_checkpoint(state, dist.rank()))
 
 
 # ----------------------------------------------------------------------------- files

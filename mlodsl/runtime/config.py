@@ -25,48 +25,62 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError, did_you_mean
-from mlodsl.methods import METHODS, MULTILEVEL_MODES
+from mlodsl.methods import METHODS
+from mlodsl.settings import CONFIG_SETTINGS, ENGINE_CONFIG_SETTINGS, Setting, SettingError
 
 __all__ = ["Config", "EngineConfig"]
 
+# Names, defaults and rules of both classes are in mlodsl.settings; the fields below name
+# their table entries so that each default is written once.
+_C, _E = CONFIG_SETTINGS, ENGINE_CONFIG_SETTINGS
 
-def _reject_unknown(cls_name: str, known: list[str], given: dict) -> None:
+
+def _reject_unknown(cls_name: str, table: dict[str, Setting], given: dict) -> None:
     for key in given:
-        if key not in known:
+        if key not in table:
             raise MLOError(f"{cls_name}() got an unknown field '{key}'",
-                           hint=did_you_mean(key, known))
+                           hint=did_you_mean(key, table))
+
+
+def _validate(cls_name: str, table: dict[str, Setting], config: Any) -> None:
+    """Each setting of ``config`` against its rule in ``table`` (the one message per rule)."""
+    for s in table.values():
+        try:
+            s.check(getattr(config, s.name), f"{cls_name}({s.name}=...)")
+        except SettingError as err:
+            raise MLOError(str(err), hint=err.hint) from None
 
 
 @dataclass(init=False)
 class Config:
     """Training configuration of one problem (Betty 0.2.1's fields and defaults)."""
 
-    type: str = "darts"
-    unroll_steps: int = 1
-    first_order: bool = True
-    retain_graph: bool = False
-    allow_unused: bool = True
-    gradient_accumulation: int = 1
-    gradient_clipping: float = 0.0
-    precision: str = "fp32"
-    initial_dynamic_scale: float = 4096.0
-    scale_factor: float = 2.0
-    warmup_steps: int = 0
-    log_step: int = -1
-    log_local_step: bool = False
-    darts_alpha: float = 0.01
-    darts_multitask: bool = False
-    sama_adam_alpha: float = 1.0
-    sama_multitask: bool = False
-    neumann_iterations: int = 1
-    neumann_alpha: float = 1.0
-    cg_iterations: int = 1
-    cg_alpha: float = 1.0
+    type: str = _C["type"].default
+    unroll_steps: int = _C["unroll_steps"].default
+    first_order: bool = _C["first_order"].default
+    retain_graph: bool = _C["retain_graph"].default
+    allow_unused: bool = _C["allow_unused"].default
+    gradient_accumulation: int = _C["gradient_accumulation"].default
+    gradient_clipping: float = _C["gradient_clipping"].default
+    precision: str = _C["precision"].default
+    initial_dynamic_scale: float = _C["initial_dynamic_scale"].default
+    scale_factor: float = _C["scale_factor"].default
+    warmup_steps: int = _C["warmup_steps"].default
+    log_step: int = _C["log_step"].default
+    log_local_step: bool = _C["log_local_step"].default
+    darts_alpha: float = _C["darts_alpha"].default
+    darts_multitask: bool = _C["darts_multitask"].default
+    sama_adam_alpha: float = _C["sama_adam_alpha"].default
+    sama_multitask: bool = _C["sama_multitask"].default
+    neumann_iterations: int = _C["neumann_iterations"].default
+    neumann_alpha: float = _C["neumann_alpha"].default
+    cg_iterations: int = _C["cg_iterations"].default
+    cg_alpha: float = _C["cg_alpha"].default
     # mlodsl extensions
-    cg_tol: float = 0.0
-    unroll_checkpoint: bool = False
-    reinforce_baseline_decay: float = 0.9
-    multilevel: str = "frozen"  # "exact": a middle level's Jacobian from its total objective
+    cg_tol: float = _C["cg_tol"].default
+    unroll_checkpoint: bool = _C["unroll_checkpoint"].default
+    reinforce_baseline_decay: float = _C["reinforce_baseline_decay"].default
+    multilevel: str = _C["multilevel"].default  # "exact": docs/hypergradients.md
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any):
@@ -75,8 +89,7 @@ class Config:
                 raise MLOError("Config(): 'step' and 'unroll_steps' are the same field; "
                                "give one of them")
             kwargs["unroll_steps"] = kwargs.pop("step")
-        names = [f.name for f in dataclasses.fields(self) if not f.name.startswith("_")]
-        _reject_unknown("Config", names, kwargs)
+        _reject_unknown("Config", CONFIG_SETTINGS, kwargs)
         for f in dataclasses.fields(self):
             if f.name.startswith("_"):
                 continue
@@ -85,20 +98,7 @@ class Config:
         self._validate()
 
     def _validate(self) -> None:
-        if self.type not in METHODS:
-            raise MLOError(f"Config(type={self.type!r}): unknown hypergradient method",
-                           hint=did_you_mean(self.type, METHODS) or
-                           "known methods: " + ", ".join(METHODS))
-        for name in ("unroll_steps", "gradient_accumulation"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise MLOError(f"Config({name}={value!r}) must be an integer >= 1")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise MLOError(f"Config(precision={self.precision!r}) must be 'fp32', 'fp16' or 'bf16'")
-        if self.multilevel not in MULTILEVEL_MODES:
-            raise MLOError(f"Config(multilevel={self.multilevel!r}) must be one of "
-                           + ", ".join(repr(m) for m in MULTILEVEL_MODES),
-                           hint=did_you_mean(str(self.multilevel), MULTILEVEL_MODES))
+        _validate("Config", CONFIG_SETTINGS, self)
 
     @property
     def step(self) -> int:
@@ -108,6 +108,20 @@ class Config:
     def explicitly_set(self, name: str) -> bool:
         """Whether ``name`` was passed to the constructor (rather than left at its default)."""
         return name in self._explicit or (name == "unroll_steps" and "step" in self._explicit)
+
+    def clip_norm(self, override: float | None = None) -> float:
+        """The gradient-norm clipping threshold (0: none): ``override`` when given, else
+        :attr:`gradient_clipping`.
+
+        ``override`` is a problem's ``grad_clip`` (the ``.mlo`` setting); this is the one place
+        where the two spellings meet.
+        """
+        return override if override is not None else self.gradient_clipping
+
+    def accumulation_steps(self, override: int | None = None) -> int:
+        """Batches accumulated per step (at least 1): ``override`` (a problem's ``grad_accum``)
+        when set, else :attr:`gradient_accumulation`."""
+        return max(int(override or self.gradient_accumulation), 1)
 
     def method_arguments(self, method: str) -> dict[str, Any]:
         """The keyword arguments of ``method`` as this config sets them (defaults included)."""
@@ -137,55 +151,41 @@ class EngineConfig:
     launched by torchrun with ``WORLD_SIZE > 1``.
     """
 
-    train_iters: int = 50000
-    valid_step: int = 500
-    logger_type: str = "none"
-    roll_back: bool = False
-    backend: str = "nccl"
-    strategy: str = "default"
-    early_stopping: bool = False
-    early_stopping_mode: str = "min"
-    early_stopping_tolerance: int = 5
-    early_stopping_metric: str = "loss"
+    train_iters: int = _E["train_iters"].default
+    valid_step: int = _E["valid_step"].default
+    logger_type: str = _E["logger_type"].default
+    roll_back: bool = _E["roll_back"].default
+    backend: str = _E["backend"].default
+    strategy: str = _E["strategy"].default
+    early_stopping: bool = _E["early_stopping"].default
+    early_stopping_mode: str = _E["early_stopping_mode"].default
+    early_stopping_tolerance: int = _E["early_stopping_tolerance"].default
+    early_stopping_metric: str = _E["early_stopping_metric"].default
     # mlodsl extensions
-    seed: int | None = None
-    log_step: int = 0
-    checkpoint_every: int = 0
-    checkpoint_dir: str | None = None
-    checkpoint_keep: int = 3
-    on_nan: str = "stop"
-    progress: bool = False
-    precision: str = "fp32"
-    device: str | None = None
-    compile: bool = False
-    resume_from: str | None = None
-    run_dir: str | None = None
+    seed: int | None = _E["seed"].default
+    log_step: int = _E["log_step"].default
+    checkpoint_every: int = _E["checkpoint_every"].default
+    checkpoint_dir: str | None = _E["checkpoint_dir"].default
+    checkpoint_keep: int = _E["checkpoint_keep"].default
+    on_nan: str = _E["on_nan"].default
+    progress: bool = _E["progress"].default
+    precision: str = _E["precision"].default
+    device: str | None = _E["device"].default
+    compile: bool = _E["compile"].default
+    resume_from: str | None = _E["resume_from"].default
+    run_dir: str | None = _E["run_dir"].default
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any):
-        names = [f.name for f in dataclasses.fields(self) if not f.name.startswith("_")]
-        _reject_unknown("EngineConfig", names, kwargs)
+        _reject_unknown("EngineConfig", ENGINE_CONFIG_SETTINGS, kwargs)
         for f in dataclasses.fields(self):
             if not f.name.startswith("_"):
                 setattr(self, f.name, kwargs.get(f.name, f.default))
         self._explicit = frozenset(kwargs)
-        if not isinstance(self.train_iters, int) or self.train_iters < 0:
-            raise MLOError(f"EngineConfig(train_iters={self.train_iters!r}) must be an integer >= 0")
-        if self.early_stopping_mode not in ("min", "max"):
-            raise MLOError("EngineConfig(early_stopping_mode=...) must be 'min' or 'max'")
-        if self.on_nan not in ("stop", "skip"):
-            raise MLOError("EngineConfig(on_nan=...) must be 'stop' or 'skip'")
-        if not isinstance(self.compile, bool):
-            raise MLOError(f"EngineConfig(compile={self.compile!r}) must be True or False")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise MLOError(f"EngineConfig(precision={self.precision!r}) must be 'fp32', 'fp16' "
-                           "or 'bf16'")
-        if self.strategy not in ("default", "distributed", "ddp", "zero", "fsdp"):
-            raise MLOError(f"EngineConfig(strategy={self.strategy!r}) must be 'default', "
-                           "'distributed' or 'ddp'")
-        for name in ("checkpoint_every", "checkpoint_keep"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise MLOError(f"EngineConfig({name}={value!r}) must be an integer >= 0")
+        _validate("EngineConfig", ENGINE_CONFIG_SETTINGS, self)
         if self.checkpoint_every and not self.checkpoint_dir:
             raise MLOError("EngineConfig(checkpoint_every=...) needs checkpoint_dir=...")
+
+    def explicitly_set(self, name: str) -> bool:
+        """Whether ``name`` was passed to the constructor (rather than left at its default)."""
+        return name in self._explicit

@@ -4,7 +4,7 @@ The model is data parallel in the plainest sense: every rank holds every problem
 the same schedule on its own shard of each ``Dataset`` (see :func:`mlodsl.runtime.data.
 make_loader`), and averages each problem's total gradient (hypergradients included) across
 ranks right before the optimizer step (:func:`average_gradients`, called from
-``Engine.before_optimizer_step``). Parameters start equal (:func:`broadcast_parameters`) and
+``Engine.before_optimizer_step``). Parameters start equal (:func:`broadcast_tensors`) and
 stay equal because every rank applies the same averaged gradient. Only rank 0 logs, validates
 and writes checkpoints; validation results are broadcast so that early stopping and
 ``ReduceLROnPlateau`` decide the same on every rank.
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from mlodsl.diagnostics import MLOError
 
 __all__ = ["is_active", "rank", "world_size", "is_main", "wants_distributed", "setup",
-           "local_device", "broadcast_parameters", "average_gradients", "average_tensors",
+           "local_device", "broadcast_tensors", "average_gradients", "average_tensors",
            "broadcast_object", "gather_objects", "any_flag", "launch"]
 
 
@@ -109,14 +109,14 @@ def local_device(requested: Any) -> Any:
     return requested
 
 
-def broadcast_parameters(modules: Sequence[torch.nn.Module]) -> None:
-    """Copy rank 0's parameters and buffers to every rank (all start from the same model)."""
+def broadcast_tensors(tensors: Sequence[torch.Tensor]) -> None:
+    """Copy rank 0's values of ``tensors`` to every rank, in place (all start from the same
+    state: the engine passes its training state's parameters and buffers)."""
     if not is_active():
         return
     with torch.no_grad():
-        for module in modules:
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
 
 
 def average_tensors(tensors: Sequence[torch.Tensor]) -> None:

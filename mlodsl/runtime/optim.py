@@ -136,10 +136,6 @@ class DifferentiableOptimizer:
                     target["step"] = torch.tensor(float(state["step"]), dtype=_scalar_dtype(),
                                                   device=device)
 
-    def carried_state(self) -> list[dict]:
-        """The state tensors carried between steps (for checkpointing the unrolled steps)."""
-        return self.state
-
 
 class DifferentiableSGD(DifferentiableOptimizer):
     """``torch.optim.SGD``: ``b <- mu b + (1 - dampening) g`` (``b = g`` on the first step),

@@ -1,10 +1,11 @@
 """Mixed precision: autocast around loss evaluations, a gradient scaler for fp16.
 
 A problem's precision is its ``Config.precision`` when set explicitly, else the engine's
-``EngineConfig.precision``. Every loss evaluation of that problem (its own steps and the
-evaluations inside hypergradient methods, which all go through ``Engine.evaluate_loss``) runs
-under ``torch.autocast`` with ``bfloat16`` or ``float16``; parameters, gradients and optimizer
-state stay in fp32.
+``EngineConfig.precision``. The loss evaluations of that problem (its own steps and the
+evaluations inside hypergradient methods, which all go through ``Engine.evaluate_loss``) run
+under ``torch.autocast`` with ``bfloat16`` or ``float16``, except inside
+:meth:`Precision.full_precision` (below); parameters, gradients and optimizer state stay in
+fp32.
 
 fp16 adds a ``torch.amp.GradScaler`` per problem (CUDA, and the CPU where torch supports it):
 the loss is multiplied by the scale before the total gradient is taken, so the whole total
@@ -13,6 +14,12 @@ upper's gradient ``v``); ``unscale_`` then divides ``p.grad`` back before clippi
 scaler skips steps whose gradients overflowed. Problems whose steps are unrolled
 differentiably (``unroll``, ``IterativeProblem``) are not scaled: bf16 is the precision to use
 there.
+
+Some evaluations must not be autocast: a central finite difference (``darts``, ``sama``)
+subtracts two gradients that agree to many digits and divides by a small ``2 eps``, so their
+rounding error (about 1e-2 relative in bf16) is amplified by ``|g| / (eps |dg|)``. Inside
+:meth:`Precision.full_precision` every loss evaluation runs in the parameters' own dtype
+(docs/systems.md lists which parts of each method do).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ class Precision:
 
     def __init__(self, engine: Any):
         self.engine = engine
+        self._full = 0  # depth of full_precision() blocks: autocast is off while > 0
         self.modes: dict[str, str] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         default = getattr(engine.config, "precision", "fp32")
@@ -45,17 +53,26 @@ class Precision:
                 if scaler.is_enabled():
                     self.scalers[name] = scaler
 
-    @property
-    def active(self) -> bool:
-        """Whether any problem runs in reduced precision."""
-        return any(m != "fp32" for m in self.modes.values())
-
     def autocast(self, problem: Any):
-        """The autocast context for evaluating ``problem``'s loss (a no-op for fp32)."""
+        """The autocast context for evaluating ``problem``'s loss (a no-op for fp32 and inside
+        :meth:`full_precision`)."""
         mode = self.modes.get(problem.name, "fp32")
-        if mode == "fp32":
+        if mode == "fp32" or self._full:
             return contextlib.nullcontext()
         return torch.autocast(device_type=problem.device.type, dtype=_DTYPES[mode])
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """A block whose loss evaluations run in the parameters' dtype, without autocast.
+
+        For the numerically sensitive evaluations of the hypergradient methods (finite
+        differences); the problems' own steps keep their precision. Blocks nest.
+        """
+        self._full += 1
+        try:
+            yield
+        finally:
+            self._full -= 1
 
     def scaler(self, problem: Any) -> torch.amp.GradScaler | None:
         """``problem``'s gradient scaler (fp16 only), or None."""

@@ -12,12 +12,13 @@ The Python API mirrors Betty's, so a Betty program ports by changing its imports
 
 ``self.<name>`` reaches any other problem of the engine; ``self()`` and ``self.forward`` run the
 module. The engine owns the stepping (``mlodsl.runtime.stepping``); a problem holds its own
-state: components, step counter, data position, the batch of its last step and, while an upper
-differentiates through its unrolled steps, its "fast" weights.
+state: components, step counter, data position, the batch of its last step and its unrolled
+window (:class:`~mlodsl.runtime.window.UnrolledWindow`: the "fast" weights an upper
+differentiates through). :meth:`Problem.training_state` gathers it all.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ from mlodsl.diagnostics import MLOError
 from mlodsl.runtime.config import Config
 from mlodsl.runtime.data import BatchStream
 from mlodsl.runtime.device import resolve_device
+from mlodsl.runtime.state import ProblemState
+from mlodsl.runtime.window import UnrolledWindow
 
 __all__ = ["Problem", "ImplicitProblem", "IterativeProblem"]
 
@@ -60,12 +63,14 @@ class Problem:
         self.cur_batch: Any = None
         self._stream: BatchStream | None = None
         self._count = 0
-        # Set while an upper differentiates through this problem's unrolled steps.
         self._param_cache = None  # (module, trainable names, trainable parameters, has buffers)
-        self._fast: list[torch.Tensor] | None = None
-        self._diffopt = None
+        # Open while an upper differentiates through this problem's unrolled steps.
+        self._window = UnrolledWindow(self.trainable_parameters, lambda: self.optimizer)
         self.after_step: Callable | None = None
+        #: Overrides of ``config.gradient_clipping`` / ``config.gradient_accumulation`` (the
+        #: ``.mlo`` settings ``grad_clip`` and ``grad_accum``); None: the config's value.
         self.grad_clip: float | None = None
+        self.grad_accum: int | None = None
         self.scheduler_metric: str | None = None
         self.last_metrics: dict[str, Any] = {}
 
@@ -106,7 +111,7 @@ class Problem:
         Hypergradient methods that differentiate this problem's loss only with respect to its
         uppers (``darts``, ``sama``) ask for it. None (the default) means "use the loss";
         compiled problems return their loss graph's gradient slice
-        (:mod:`mlodsl.compiler.slicing`). The engine checks a surrogate once against the full
+        (:mod:`mlodsl.compiler.back.slicing`). The engine checks a surrogate once against the full
         loss before trusting it.
         """
         return None
@@ -142,6 +147,32 @@ class Problem:
         """How many steps this problem has taken."""
         return self._count
 
+    @property
+    def unrolled_window(self) -> UnrolledWindow:
+        """The problem's unrolled window (open while an upper differentiates through it)."""
+        return self._window
+
+    def clip_norm(self) -> float:
+        """The gradient-norm threshold of this problem's steps (0: no clipping)."""
+        return self._config.clip_norm(self.grad_clip)
+
+    def accumulation_steps(self) -> int:
+        """How many batches one step of this problem accumulates (at least 1)."""
+        return self._config.accumulation_steps(self.grad_accum)
+
+    def record_step(self, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
+        """Count a step whose (last) loss and metrics were ``loss`` and ``metrics``.
+
+        The loss is kept detached, for logging: holding its graph would keep its tape alive.
+        """
+        self.last_loss = loss.detach()
+        self.last_metrics = metrics
+        self._count += 1
+
+    def forget_step(self) -> None:
+        """Uncount the last step (Betty's ``roll_back`` redoes a step instead of adding one)."""
+        self._count -= 1
+
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: resolve other problems by name.
         engine = self.__dict__.get("_engine")
@@ -167,7 +198,8 @@ class Problem:
         """All of the module's parameters."""
         return list(self.module.parameters())
 
-    def _trainable_names(self) -> list[str]:
+    def trainable_names(self) -> list[str]:
+        """Qualified names of :meth:`trainable_parameters`, in the same order."""
         return self._trainable()[0]
 
     def _trainable(self) -> tuple[list[str], list[nn.Parameter]]:
@@ -179,7 +211,8 @@ class Problem:
                                          [p for _, p in named], buffers)
         return cache[1], cache[2]
 
-    def _has_buffers(self) -> bool:
+    def has_buffers(self) -> bool:
+        """Whether the module holds any buffer (e.g. BatchNorm statistics)."""
         self._trainable()
         return self._param_cache[3]
 
@@ -189,10 +222,15 @@ class Problem:
 
     def current_parameters(self) -> list[torch.Tensor]:
         """The tensors the loss currently sees: fast weights while unrolling, else live ones."""
-        return list(self._fast) if self._fast is not None else self.trainable_parameters()
+        fast = self._window.fast
+        return fast if fast is not None else self.trainable_parameters()
 
     # -- set-up, called by the engine ---------------------------------------------------------
-    def _initialize(self, engine, default_device: torch.device) -> None:
+    def attach_engine(self, engine, default_device: torch.device) -> None:
+        """Join ``engine``: build missing components, move them to the device, open the data.
+
+        Called once by the engine's constructor.
+        """
         self._engine = engine
         if self.device is None:
             self.device = default_device
@@ -228,6 +266,36 @@ class Problem:
     def data_state(self) -> dict:
         """Position in the data, for checkpoints."""
         return self._stream.state_dict() if self._stream is not None else {}
+
+    def load_data_state(self, state: dict) -> None:
+        """Return to a position saved by :meth:`data_state` (moves torch's global RNG)."""
+        if self._stream is not None and state:
+            self._stream.load_state_dict(state)
+
+    # -- state ---------------------------------------------------------------------------------
+    def training_state(self) -> ProblemState:
+        """This problem's part of the :class:`~mlodsl.runtime.state.TrainingState`.
+
+        Live references, no copies: module parameters and buffers, optimizer and scheduler
+        state, step counter, data position and the unrolled window.
+        """
+        sched = self.scheduler
+        return ProblemState(
+            module=self.module.state_dict(keep_vars=True),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=sched.state_dict() if hasattr(sched, "state_dict") else None,
+            count=self._count, data=self.data_state(), window=self._window.state_dict())
+
+    def load_training_state(self, state: ProblemState, data: bool = True) -> None:
+        """Restore :meth:`training_state`'s value (``data``: the data position too)."""
+        self.module.load_state_dict(state.module)
+        self.optimizer.load_state_dict(state.optimizer)
+        if state.scheduler is not None and hasattr(self.scheduler, "load_state_dict"):
+            self.scheduler.load_state_dict(state.scheduler)
+        self._count = int(state.count)
+        self._window.load_state_dict(state.window)
+        if data:
+            self.load_data_state(state.data)
 
     # -- losses ------------------------------------------------------------------------------------
     def compute_loss(self, batch: Any, first_order: bool = False

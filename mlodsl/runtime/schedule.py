@@ -8,31 +8,23 @@ Pure Python (no torch), shared by the Python API and the compiler, and printed b
   steps as soon as each of its lowers has stepped ``every`` times since ``U``'s last step;
 * this cascades through any number of levels and any DAG shape.
 
-An edge may also carry a ``warmup``: the lower's first ``warmup`` steps do not count towards
-the upper's quota (Betty's ``warmup_steps``).
+Edges are the runtime's :class:`~mlodsl.runtime.edges.Edge`; the schedule reads their
+``every`` and ``warmup`` (the lower's first ``warmup`` steps do not count towards the upper's
+quota: Betty's ``warmup_steps``).
 
 Example::
 
-    >>> s = Schedule(["inner", "outer"], [ScheduleEdge("outer", "inner", every=2)])
+    >>> s = Schedule(["inner", "outer"], [Edge("outer", "inner", every=2)])
     >>> [s.iteration() for _ in range(2)]
     [['inner'], ['inner', 'outer']]
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-__all__ = ["ScheduleEdge", "Schedule"]
+from mlodsl.runtime.edges import Edge
 
-
-@dataclass(frozen=True)
-class ScheduleEdge:
-    """``upper`` depends on ``lower``: it steps after ``every`` steps of ``lower``."""
-
-    upper: str
-    lower: str
-    every: int = 1
-    warmup: int = 0
+__all__ = ["Schedule"]
 
 
 class Schedule:
@@ -42,7 +34,7 @@ class Schedule:
     first, which of two ready uppers steps first).
     """
 
-    def __init__(self, order: Sequence[str], edges: Iterable[ScheduleEdge]):
+    def __init__(self, order: Sequence[str], edges: Iterable[Edge]):
         self.order = list(order)
         self.edges = list(edges)
         position = {name: i for i, name in enumerate(self.order)}
@@ -69,7 +61,7 @@ class Schedule:
         """The problems that depend directly on ``name``."""
         return [e.upper for e in self._uppers[name]]
 
-    def edge(self, upper: str, lower: str) -> ScheduleEdge:
+    def edge(self, upper: str, lower: str) -> Edge:
         """The edge ``upper -> lower``."""
         for e in self._lowers[upper]:
             if e.lower == lower:

@@ -1,5 +1,4 @@
 """Config and EngineConfig accept Betty 0.2.1's fields; the upper's type/step choose the method."""
-import dataclasses
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch
 from mlodsl import Config, EngineConfig, MLOError
 from mlodsl.runtime.engine import Engine
 
-from helpers import make_problem
+from tests.support.toy_problems import make_problem
 
 BETTY_CONFIG_FIELDS = {
     "type": "darts", "unroll_steps": 1, "first_order": True, "retain_graph": False,

@@ -3,7 +3,7 @@ import pytest
 
 from mlodsl import Engine, EngineConfig, MLOError
 
-from helpers import make_problem
+from tests.support.toy_problems import make_problem
 
 
 def build(problems, l2u=None, u2l=None):
@@ -70,4 +70,4 @@ def test_problem_reaches_other_problems_by_name():
     e = build([a, b], l2u={a: [b]})
     assert b.a is a and a.b is b and e.a is a
     with pytest.raises(AttributeError, match="no attribute 'zzz'"):
-        b.zzz
+        _ = b.zzz

@@ -1,8 +1,9 @@
 """The schedule: who steps when, on 2-, 3- and 4-level DAGs, through the Python API."""
 from mlodsl import Config
-from mlodsl.runtime.schedule import Schedule, ScheduleEdge
+from mlodsl.runtime.edges import Edge
+from mlodsl.runtime.schedule import Schedule
 
-from helpers import engine_for, make_problem
+from tests.support.toy_problems import engine_for, make_problem
 
 
 def run_counts(problems, l2u, iterations):
@@ -47,22 +48,22 @@ def test_two_leaves_one_upper_waits_for_both():
 
 
 def test_order_within_an_iteration_and_cascade():
-    s = Schedule(["a", "b", "c"], [ScheduleEdge("b", "a", 1), ScheduleEdge("c", "b", 1)])
+    s = Schedule(["a", "b", "c"], [Edge("b", "a", 1), Edge("c", "b", 1)])
     assert s.iteration() == ["a", "b", "c"]
     assert s.levels() == {"a": 0, "b": 1, "c": 2}
 
 
 def test_warmup_delays_the_upper():
-    s = Schedule(["lo", "up"], [ScheduleEdge("up", "lo", every=2, warmup=3)])
+    s = Schedule(["lo", "up"], [Edge("up", "lo", every=2, warmup=3)])
     steps = [s.iteration() for _ in range(7)]
     assert [i for i, st in enumerate(steps, 1) if "up" in st] == [5, 7]
 
 
 def test_state_dict_round_trip():
-    s = Schedule(["lo", "up"], [ScheduleEdge("up", "lo", every=3)])
+    s = Schedule(["lo", "up"], [Edge("up", "lo", every=3)])
     s.iteration()
     s.iteration()
-    t = Schedule(["lo", "up"], [ScheduleEdge("up", "lo", every=3)])
+    t = Schedule(["lo", "up"], [Edge("up", "lo", every=3)])
     t.load_state_dict(s.state_dict())
     assert t.iteration() == ["lo", "up"]
     assert t.steps == {"lo": 3, "up": 1}

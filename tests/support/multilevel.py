@@ -234,23 +234,18 @@ def linearised_chain(program: Program, top: str, identity: Sequence[str] = (),
         free = [k, *above[k]]
         cols = free + (program.below(k) if k in total else [])
         blocks = {r: _hessian_blocks(program.by_name[k].loss, values, r, cols) for r in cols}
-        if k in total:
+        if k in total:  # P' (d^2 g_k) P, P = d(cols)/d(free) along the linearised responses
             R = responses(k, free)
-
-            def P(name, x):  # d theta_name / d theta_x along the linearised responses
-                if name in free:
-                    return torch.eye(dims[x], dtype=DT) if name == x else \
-                        torch.zeros(dims[name], dims[x], dtype=DT)
-                return R[name][x]
-
-            def block(x, y):
-                return sum(P(r, x).T @ blocks[r][c] @ P(c, y) for r in cols for c in cols)
+            P = {r: {x: (R[r][x] if r not in free else torch.eye(dims[x], dtype=DT) if r == x
+                         else torch.zeros(dims[r], dims[x], dtype=DT)) for x in free}
+                 for r in cols}
+            second = {(x, y): sum(P[r][x].T @ blocks[r][c] @ P[c][y] for r in cols for c in cols)
+                      for x in free for y in free}
         else:
-            def block(x, y):
-                return blocks[x][y]
-        H = block(k, k)
+            second = {(x, y): blocks[x][y] for x in free for y in free}
+        H = second[(k, k)]
         S = torch.eye(dims[k], dtype=DT) if k in identity else torch.linalg.pinv(H)
-        J[k] = {a: -S @ block(k, a) for a in above[k]}
+        J[k] = {a: -S @ second[(k, a)] for a in above[k]}
 
     leaves = {n: v.detach().clone().requires_grad_(True) for n, v in values.items()}
     grads = torch.autograd.grad(program.by_name[top].loss(leaves), [leaves[n] for n in scope],
@@ -317,8 +312,9 @@ def build_engine(program: Program, configs: Mapping[str, dict],
     problems = {}
     for lv in program.levels:
         mod = VecModule(values[lv.name], unused=lv.name in unused)
+        lr = lrs.get(lv.name, 0.0)
         make = (optimizers or {}).get(lv.name) or (
-            lambda params, lr=lrs.get(lv.name, 0.0): torch.optim.SGD(params, lr=lr))
+            lambda params, lr=lr: torch.optim.SGD(params, lr=lr))
         problems[lv.name] = LevelProblem(
             lv, (reads or {}).get(lv.name, list(program.by_name)), name=lv.name, module=mod,
             optimizer=make(mod.parameters()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.support.multilevel import DT, Level, Program, randn, spd
+from tests.support.multilevel import Level, Program, randn, spd
 
 
 def three_level(seed: int = 3, middle: str = "linear", direct: bool = True) -> Program:

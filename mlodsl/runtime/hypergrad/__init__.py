@@ -14,13 +14,7 @@ per target parameter, and add its signature to ``mlodsl.methods.METHODS``.
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, get_method, register
 
 # Importing the modules registers the methods.
-from mlodsl.runtime.hypergrad import darts, first_order  # noqa: E402,F401
-
-for _optional in ("neumann", "cg", "unroll", "reinforce", "sama"):
-    try:
-        __import__(f"mlodsl.runtime.hypergrad.{_optional}")
-    except ModuleNotFoundError as _err:  # written by a later change
-        if _err.name != f"mlodsl.runtime.hypergrad.{_optional}":
-            raise
+from mlodsl.runtime.hypergrad import (  # noqa: F401
+    cg, darts, first_order, neumann, reinforce, sama, unroll)
 
 __all__ = ["HypergradRequest", "get_method", "register"]

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from mlodsl.runtime.hypergrad._utils import axpy, detached, dot, lower_grad_with_graph, scale
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+from mlodsl.runtime.vectors import axpy, detached, dot, scale
 
 
 def conjugate_gradient(matvec, b, iterations: int, tol: float = 0.0) -> list[torch.Tensor]:
@@ -61,7 +61,7 @@ def conjugate_gradient(matvec, b, iterations: int, tol: float = 0.0) -> list[tor
 def cg(request: HypergradRequest, iterations: int = 1, alpha: float = 1.0, tol: float = 0.0
        ) -> list[torch.Tensor | None]:
     """Conjugate gradient on ``(alpha H) x = alpha v`` (see module docstring)."""
-    w, grad_w = lower_grad_with_graph(request)
+    w, grad_w = request.lower_grad_with_graph()
     b = scale(alpha, detached(request.v))
     x = conjugate_gradient(lambda u: scale(alpha, request.hvp(grad_w, u, params=w)),
                            b, iterations, tol)

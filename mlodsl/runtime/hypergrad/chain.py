@@ -44,7 +44,7 @@ def total_gradient(engine, problem, loss: torch.Tensor, create_graph: bool = Fal
     for member in members:
         inputs.extend(member.current_parameters())
     # Methods below may differentiate through fast weights' tapes again: keep them.
-    unrolled = {m.name for m in members if m._fast is not None}
+    unrolled = {m.name for m in members if m.unrolled_window.is_open}
     raw = _grad(loss, inputs, create_graph, retain=bool(unrolled))
 
     cotangent: dict[str, list[torch.Tensor | None]] = {}

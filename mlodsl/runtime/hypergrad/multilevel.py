@@ -41,7 +41,7 @@ from typing import Sequence
 import torch
 
 from mlodsl.diagnostics import MLOError
-from mlodsl.runtime.hypergrad._utils import leaves, scale
+from mlodsl.runtime.vectors import leaves, scale
 
 __all__ = ["is_exact", "exact_push", "check_exact"]
 
@@ -95,7 +95,8 @@ class _Level:
         self.variables = variables
         self.leaves = {n: leaves(engine.problems[n].current_parameters()) for n in variables}
         shown = {n: t for n, t in self.leaves.items() if n != name}
-        with torch.enable_grad():
+        # without autocast: every (total) Hessian-vector product goes through this graph
+        with torch.enable_grad(), engine.precision.full_precision():
             loss = engine.evaluate_loss(problem, problem.cur_batch, params=self.leaves[name],
                                         shown=shown)
             flat = [t for n in variables for t in self.leaves[n]]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from mlodsl.runtime.hypergrad._utils import axpy, detached, lower_grad_with_graph, scale
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+from mlodsl.runtime.vectors import axpy, detached, scale
 
 
 def neumann_inverse_hvp(hvp, v, iterations: int, alpha: float) -> list[torch.Tensor]:
@@ -37,7 +37,7 @@ def neumann_inverse_hvp(hvp, v, iterations: int, alpha: float) -> list[torch.Ten
 def neumann(request: HypergradRequest, iterations: int = 1, alpha: float = 1.0
             ) -> list[torch.Tensor | None]:
     """Truncated Neumann series for ``H^{-1} v`` (see module docstring)."""
-    w, grad_w = lower_grad_with_graph(request)
+    w, grad_w = request.lower_grad_with_graph()
     x = neumann_inverse_hvp(lambda u: request.hvp(grad_w, u, params=w),
                             detached(request.v), iterations, alpha)
     return request.mixed_vjp(grad_w, x)

@@ -8,6 +8,7 @@ import torch
 
 from mlodsl.diagnostics import MLOError, did_you_mean
 from mlodsl.methods import METHODS
+from mlodsl.runtime.vectors import leaves
 
 __all__ = ["HypergradRequest", "register", "get_method"]
 
@@ -57,6 +58,11 @@ class HypergradRequest:
     state: dict = field(default_factory=dict)
 
     # -- what methods evaluate -----------------------------------------------------------
+    def full_precision(self):
+        """A block whose loss evaluations skip mixed precision's autocast (they run in the
+        parameters' dtype): for the evaluations a method's accuracy hinges on."""
+        return self.engine.precision.full_precision()
+
     def lower_params(self) -> list[torch.Tensor]:
         """The lower's current parameters (fast weights while unrolling)."""
         return self.lower.current_parameters()
@@ -75,16 +81,26 @@ class HypergradRequest:
         Evaluated functionally: live parameters and buffers are not modified. With
         ``for_targets`` the caller promises to differentiate the result only with respect to
         the targets, and gets a scalar with that gradient, possibly not the loss's value: a
-        compiled loss leaves out the terms that read no target (:mod:`mlodsl.compiler.slicing`).
+        compiled loss leaves out the terms that read no target (:mod:`mlodsl.compiler.back.slicing`).
         """
         wrt = tuple(t.name for t in self.targets) if for_targets else None
         return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
                                          grad_wrt=wrt)
 
-    def lower_loss_and_metrics(self, params=None):
-        """Like :meth:`lower_loss` but also returns the training step's other outputs."""
-        return self.engine.evaluate_loss(self.lower, self.lower.cur_batch, params=params,
-                                         with_metrics=True)
+    def lower_grad_with_graph(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(w, grad_w g(w, targets))`` at fresh leaves ``w`` equal to the lower's parameters.
+
+        The gradient keeps its graph, so it can be differentiated again with respect to ``w``
+        (Hessian-vector products) and to the targets (the mixed second derivative).
+        Evaluating at fresh leaves keeps the graph away from the lower's own history (its
+        unrolled fast weights). The loss is evaluated without mixed precision's autocast: every
+        Hessian-vector product and the mixed derivative are taken through this graph, and their
+        rounding compounds over the iterations of ``cg``/``neumann`` (docs/systems.md).
+        """
+        w = leaves(self.lower_params())
+        with self.full_precision():
+            loss = self.lower_loss(w)
+        return w, self.grad_lower(loss, create_graph=True, params=w)
 
     def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,
                    params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:

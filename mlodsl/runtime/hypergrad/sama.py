@@ -28,6 +28,9 @@ optimizer:
   instead reconstructs the previous step's moments from a stored last gradient and ignores the
   bias corrections; the two agree up to those corrections once the moments settle.
 
+Under mixed precision the finite difference's two evaluations and the gradient that sets ``P``
+run without autocast, in the parameters' dtype (as in ``darts``; docs/systems.md).
+
 Reference: Choe, Mehta, Ahn, Neubig, Xing et al., "Making Scalable Meta Learning Practical",
 NeurIPS 2023, section 3.2 (base Jacobian as identity, algorithmic adaptation for Adam).
 """
@@ -35,8 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from mlodsl.runtime.hypergrad._utils import detached, leaves, norm
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
+from mlodsl.runtime.vectors import detached, leaves, norm
 
 __all__ = ["sama", "adam_preconditioner"]
 
@@ -81,16 +84,17 @@ def sama(request: HypergradRequest, alpha: float = 1.0) -> list[torch.Tensor | N
     w = detached(request.lower_params())
     v = detached(request.v)
     optimizer = request.lower.optimizer
-    if _is_adam(optimizer):
-        wl = leaves(w)
-        grads = request.grad_lower(request.lower_loss(wl), create_graph=False, params=wl)
-        precond = adam_preconditioner(optimizer, request.lower.trainable_parameters(), grads)
-        v = [p * x for p, x in zip(precond, v)]
-    eps = alpha / (norm(v) + 1e-12)
-    plus = [a + eps * b for a, b in zip(w, v)]
-    minus = [a - eps * b for a, b in zip(w, v)]
-    g_plus = request.grad_targets(request.lower_loss(plus, for_targets=True))
-    g_minus = request.grad_targets(request.lower_loss(minus, for_targets=True))
+    with request.full_precision():
+        if _is_adam(optimizer):
+            wl = leaves(w)
+            grads = request.grad_lower(request.lower_loss(wl), create_graph=False, params=wl)
+            precond = adam_preconditioner(optimizer, request.lower.trainable_parameters(), grads)
+            v = [p * x for p, x in zip(precond, v)]
+        eps = alpha / (norm(v) + 1e-12)
+        plus = [a + eps * b for a, b in zip(w, v)]
+        minus = [a - eps * b for a, b in zip(w, v)]
+        g_plus = request.grad_targets(request.lower_loss(plus, for_targets=True))
+        g_minus = request.grad_targets(request.lower_loss(minus, for_targets=True))
     out: list[torch.Tensor | None] = []
     for gp, gm in zip(g_plus, g_minus):
         if gp is None and gm is None:

@@ -51,14 +51,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import Any
-
 import torch
 
-from mlodsl.methods import METHODS
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
 
-__all__ = ["unroll", "unroll_settings", "check_nesting", "take_checkpointed_step"]
+__all__ = ["unroll", "check_nesting", "new_tape", "run_checkpointed", "REPLAY_BUDGET"]
 
 
 @register("unroll")
@@ -66,21 +63,6 @@ def unroll(request: HypergradRequest, first_order: bool = False, checkpoint: boo
            ) -> list[None]:
     """Nothing beyond autograd through the recorded steps (see module docstring)."""
     return [None] * len(request.target_params())
-
-
-def unroll_settings(engine, name: str) -> tuple[bool, bool]:
-    """``(first_order, checkpoint)`` for the differentiable steps of problem ``name``.
-
-    Read from the ``unroll`` edges into it (second order wins if two edges disagree, and
-    checkpointing is used if any edge asks for it); an ``IterativeProblem`` whose edges chose
-    another method takes the defaults.
-    """
-    specs = [e for e in engine.edges.values() if e.lower == name and e.method == "unroll"]
-    if not specs:
-        defaults = METHODS["unroll"].bind({})
-        return defaults["first_order"], defaults["checkpoint"]
-    return (all(e.args.get("first_order", False) for e in specs),
-            any(e.args.get("checkpoint", False) for e in specs))
 
 
 def check_nesting(engine) -> None:
@@ -94,12 +76,12 @@ def check_nesting(engine) -> None:
     """
     from mlodsl.diagnostics import MLOError
 
-    for name in sorted(engine.window_consumers.unrolled):
-        first_order, checkpointed = unroll_settings(engine, name)
+    for name in engine.window_consumers.unrolled:
+        first_order, checkpointed = engine.unroll_settings(name)
         if not checkpointed or first_order:
             continue
         for above in engine.window_consumers.above(name):
-            if engine.is_unrolled(above) and not unroll_settings(engine, above)[0]:
+            if engine.is_unrolled(above) and not engine.unroll_settings(above)[0]:
                 raise MLOError(
                     f"unroll(checkpoint=True) into '{name}' cannot be nested under the "
                     f"unrolled steps of '{above}': the hypergradient above '{above}' would "
@@ -108,134 +90,26 @@ def check_nesting(engine) -> None:
                     f"'{above}' with first_order=True (or an implicit method)")
 
 
-def take_checkpointed_step(engine, problem, batch: Any = None) -> torch.Tensor:
-    """One differentiable step of ``problem`` under activation checkpointing.
+def new_tape(length: int) -> "_Tape":
+    """An empty tape for a window of ``length`` checkpointed steps (binomial snapshots)."""
+    return _Tape(length)
 
-    Same order as :func:`mlodsl.runtime.stepping.take_step` (batches, loss, total gradient,
-    clipping, optimizer update, scheduler), with everything from the loss to the update
-    recomputed in the upper's backward instead of stored.
 
-    A small recompute-in-backward ``autograd.Function`` (:class:`_Recompute`) over a per-window
-    :class:`_Tape`: the forward keeps no graph, the backward recomputes the step from its inputs
-    (kept, or replayed from the last kept step) and differentiates it. Its inputs are therefore
-    *every* tensor the
-    step is differentiated with respect to: the fast weights, the optimizer's carried state
-    (momentum, moments) and the other problems' current parameters (the upper's
-    hyperparameters); during the step the other problems are shown these inputs as their
-    current tensors. (``torch.utils.checkpoint`` does not fit: its non-reentrant variant
-    recomputes each step already during its own forward, because the step's inner
-    ``autograd.grad`` unpacks the saved tensors, and its reentrant variant refuses
-    ``autograd.grad``.)
+def run_checkpointed(tape: "_Tape", body, n_own: int, inputs: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, ...]:
+    """Run one checkpointed step ``body(*inputs)`` on ``tape``; return its outputs.
+
+    ``body(*inputs, replay=False)`` computes the step from ``inputs``: the step's own state
+    (its first ``n_own`` tensors: fast weights and optimizer state, kept or replayed by the
+    tape) and the tensors it reads from other problems (kept for every step). With
+    ``replay=True`` it computes values only. The outputs carry no graph of the step: the
+    upper's backward recomputes it from its inputs with one (:class:`_Recompute`). A small
+    recompute-in-backward ``autograd.Function`` because ``torch.utils.checkpoint`` does not
+    fit: its non-reentrant variant recomputes each step already during its own forward (the
+    step's inner ``autograd.grad`` unpacks the saved tensors), and its reentrant variant
+    refuses ``autograd.grad``.
     """
-    from mlodsl.runtime.hypergrad.chain import total_gradient
-    from mlodsl.runtime.optim import make_differentiable
-
-    accum = max(int(getattr(problem, "grad_accum", None) or
-                    problem.config.gradient_accumulation), 1)
-    batches = [problem.next_batch() if batch is None else batch for _ in range(accum)]
-    if problem._fast is None:
-        problem._fast = problem.trainable_parameters()
-        problem._diffopt = make_differentiable(problem.optimizer, problem.trainable_parameters())
-    diffopt = problem._diffopt
-    states, groups = diffopt.state, diffopt.snapshot_groups()
-    # What the recomputation closure may hold: nothing that leads to this step's outputs (the
-    # optimizer's newest state, the problem's fast weights), or the closure, kept alive by the
-    # outputs' graph, would keep that graph alive in turn (a cycle gc cannot see through
-    # autograd): state *layouts* and a stateless copy of the update rule only.
-    rule = diffopt.rule()
-    layout = [{k: (_TENSOR if isinstance(v, torch.Tensor) else v) for k, v in sorted(st.items())}
-              for st in states]
-    clip = problem.grad_clip if problem.grad_clip is not None else problem.config.gradient_clipping
-    from mlodsl.runtime.stepping import window_copies
-    others = [o for o in engine.problems.values() if o is not problem]
-    # copies of parameters that may change in place while the window is open: the tape keeps
-    # what this step read (mlodsl.runtime.consumers)
-    copies = window_copies(engine, problem)
-    context = [copies.get(o.name) or list(o.current_parameters()) for o in others]
-    state_flat = [t for st in states for t in _state_tensors(st)]
-    sizes = (len(problem._fast), len(state_flat), [len(c) for c in context])
-    calls = {"n": 0}
-    record: dict[str, Any] = {}
-
-    def body(*args: torch.Tensor, replay: bool = False):
-        # The first call is the step itself; later calls recompute it, advancing no buffers or
-        # counters. ``replay``: values only (the step itself, whose outputs are detached at
-        # once, and rebuilding a dropped step's inputs), so the gradient needs no graph.
-        first = calls["n"] == 0
-        calls["n"] += 1
-        n_fast, n_state, n_ctx = sizes
-        fast, rest = list(args[:n_fast]), list(args[n_fast:])
-        flat_state, rest = rest[:n_state], rest[n_state:]
-        it = iter(flat_state)
-        in_states = [{k: (next(it) if v is _TENSOR else v) for k, v in st.items()}
-                     for st in layout]
-        saved = [(o, o._fast) for o in others] + [(problem, problem._fast)]
-        try:
-            for o, n in zip(others, n_ctx):
-                o._fast, rest = list(rest[:n]), rest[n:]
-            problem._fast = fast
-            with torch.enable_grad():
-                total = None
-                for current in batches:
-                    loss, metrics = engine.evaluate_loss(problem, current, own_step=first,
-                                                         with_metrics=True)
-                    grads = total_gradient(engine, problem, loss, create_graph=not replay)
-                    if accum > 1:
-                        grads = [g / accum for g in grads]
-                    total = grads if total is None else [a + b for a, b in zip(total, grads)]
-                    if first:
-                        record["loss"], record["metrics"] = loss.detach(), metrics
-                average = getattr(engine, "average_across_ranks", None)
-                if average is not None:
-                    total = average(total)
-                if clip and clip > 0:
-                    norm = torch.linalg.vector_norm(
-                        torch.stack([torch.linalg.vector_norm(g) for g in total]))
-                    total = [g * torch.clamp(clip / (norm + 1e-6), max=1.0) for g in total]
-                with torch.no_grad() if replay else contextlib.nullcontext():
-                    new, new_states = rule.apply(fast, total, in_states, groups)
-        finally:
-            for o, f in saved:
-                o._fast = f
-        if first:  # the layout only: holding the tensors would keep this step's graph alive
-            record["states"] = [{k: (None if isinstance(v, torch.Tensor) else v)
-                                 for k, v in st.items()} for st in new_states]
-            record["keys"] = [_state_keys(st) for st in new_states]
-        return (*new, *[t for st in new_states for t in _state_tensors(st)])
-
-    tape = getattr(diffopt, "_checkpoint_tape", None)
-    if tape is None:
-        tape = diffopt._checkpoint_tape = _Tape(_window_length(engine, problem.name))
-    own = [*problem._fast, *state_flat]
-    inputs = [*own, *(t for c in context for t in c)]
-    out = _Recompute.apply(tape, tape.add(body, len(own), inputs), *inputs)
-    n_params = sizes[0]
-    new_params = list(out[:n_params])
-    # Re-attach the returned state tensors (the checkpoint's outputs carry the graph).
-    it = iter(out[n_params:])
-    new_states = []
-    for st, keys in zip(record["states"], record["keys"]):
-        st = dict(st)
-        for key in keys:
-            st[key] = next(it)
-        new_states.append(st)
-    loss = record["loss"]
-    engine.watch_finite(problem, loss)
-    problem.last_loss, problem.last_metrics = loss, record["metrics"]
-    problem._count += 1
-    problem._fast = new_params
-    diffopt.state = new_states
-    from mlodsl.runtime.stepping import _scheduler_step
-    _scheduler_step(engine, problem)
-    return loss
-
-
-_TENSOR = object()  # marks where a state layout takes a tensor
-
-
-def _window_length(engine, name: str) -> int:
-    """The number of differentiable steps in a window of ``name``: the longest ``every``."""
-    return max([e.every for e in engine.edges.values() if e.lower == name] or [1])
+    return _Recompute.apply(tape, tape.add(body, n_own, inputs), *inputs)
 
 
 #: Replayed steps allowed per step of the window, on average: the fewest snapshot slots whose
@@ -421,11 +295,3 @@ class _Recompute(torch.autograd.Function):
                                          allow_unused=True) if pairs and wanted else [])
         ctx.tape.done(ctx.i)
         return (None, None, *[next(grads) if x.requires_grad else None for x in inputs])
-
-
-def _state_keys(state: dict) -> list[str]:
-    return sorted(k for k, v in state.items() if isinstance(v, torch.Tensor))
-
-
-def _state_tensors(state: dict) -> list[torch.Tensor]:
-    return [state[k] for k in _state_keys(state)]

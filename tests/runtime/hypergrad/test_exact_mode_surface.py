@@ -4,8 +4,8 @@ import torch
 
 import mlodsl
 from mlodsl import Config, MLOError
-from mlodsl.compiler.check import check
-from mlodsl.compiler.parse import parse
+from mlodsl.compiler.front.check import check
+from mlodsl.compiler.front.parse import parse
 from tests.support.multilevel import (VecModule, build_engine, exact_hypergradient,
                                       frozen_hypergradient, nested_solution, rel_err)
 from tests.support.shapes import three_level

@@ -1,0 +1,151 @@
+"""Lowering a checked program to an :class:`~mlodsl.compiler.back.plan.ExecutionPlan`.
+
+Lowering has two halves: building the user's objects
+(:class:`~mlodsl.compiler.back.instantiate.Instantiator`) and planning what the runtime does
+with them (here: the edges with their methods, the engine settings). The order of work,
+which is also the order in which user code runs (docs/language.md, "How programs run"):
+
+1. imports (:mod:`~mlodsl.compiler.back.resolve`), with the program's folder on the path;
+2. seeding: with ``engine.seed = s``, Python's, numpy's and torch's generators are seeded
+   with ``s`` (before any ``let`` or field is evaluated);
+3. ``let`` values, in source order;
+4. modules, referenced ones first (``module = WeightDecay(like=classifier)`` builds
+   ``classifier``'s module before), otherwise in source order;
+5. per problem, in source order: optimizer, scheduler, data (a ``Dataset`` gets a loader whose
+   shuffling generator is seeded with ``s + k`` for the k-th problem in source order, k from
+   0), ``after_step`` and the numeric fields;
+6. losses: fx graphs from expressions; callables are traced on a first batch to find what
+   they read, which must agree with the ``depends`` edges;
+7. edges: the method is ``via`` on the edge, else the upper's ``hypergrad``, else the engine's
+   ``hypergrad``, else ``darts()``;
+8. engine settings and the ``validate`` expression.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mlodsl.compiler import ir
+from mlodsl.compiler.back.instantiate import Instantiator
+from mlodsl.compiler.back.plan import ExecutionPlan, PlannedEdge
+from mlodsl.compiler.back.resolve import (
+    MethodChoice,
+    builtin_names,
+    on_path,
+    resolve_imports,
+    search_path,
+)
+from mlodsl.compiler.front.check import levels as program_levels
+from mlodsl.compiler.front.sources import SourceMap
+from mlodsl.methods import METHODS
+from mlodsl.runtime.seeding import seed_everything
+from mlodsl.settings import EARLY_STOP_KEYS, SettingError
+
+__all__ = ["lower"]
+
+
+def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
+          ) -> ExecutionPlan:
+    """Resolve, build and plan ``program`` (already checked). Raises MLOError.
+
+    The steps run in the order of the module docstring, which is the order in which the
+    user's code runs.
+    """
+    path = search_path(program.file)
+    with on_path(path):
+        imports = resolve_imports(program, sources, namespace or {})
+        objects = Instantiator(program, sources, imports, builtin_names())
+        seed = objects.seed_and_lets(seed_everything)
+        objects.build_modules()
+        problems = {p.name: objects.build_problem(k, p)
+                    for k, p in enumerate(program.problems)}
+        losses = {p.name: objects.build_loss(p, problems) for p in program.problems}
+        edges = plan_edges(program, objects)
+        settings = engine_settings(objects, seed)
+        validate, node = objects.validate_function(problems)
+    levels = program_levels(program)
+    order = [p.name for p in program.problems]
+    by_level = sorted(order, key=lambda n: (levels[n], order.index(n)))
+    return ExecutionPlan(
+        file=program.file, problems={n: problems[n] for n in by_level}, order=order,
+        levels=dict(levels), edges=edges, losses={n: losses[n] for n in by_level},
+        engine_settings=settings, search_path=path, sources=sources, validate=validate,
+        validate_node=node, warnings=objects.warnings, descriptions=objects.descriptions)
+
+
+def plan_edges(program: ir.Program, objects: Instantiator) -> list[PlannedEdge]:
+    """Every depends edge with its method: via, else hypergrad, else engine, else darts."""
+    out = []
+    engine_hg = objects.field("hypergrad")
+    for p in program.problems:
+        own_hg = p.field("hypergrad")
+        for e in p.edges:
+            if e.method is not None:
+                choice, source = objects.method(e.method), "via"
+            elif own_hg is not None:
+                choice, source = objects.method(own_hg.value), f"hypergrad of '{p.name}'"
+            elif engine_hg is not None:
+                choice, source = objects.method(engine_hg.value), "engine hypergrad"
+            else:
+                choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
+            out.append(PlannedEdge(p.name, e.target, e.every or 1, choice.name, choice.args,
+                                   source))
+    return out
+
+
+def engine_settings(objects: Instantiator, seed: int | None) -> dict[str, Any]:
+    """``EngineConfig`` keyword arguments from the engine block (each value checked against
+    its rule in :mod:`mlodsl.settings`)."""
+    iterations = objects.setting("iterations")
+    out: dict[str, Any] = {"train_iters": iterations}
+    if objects.field("validate") is not None:
+        every = objects.setting("validate_every")
+        out["valid_step"] = every if every is not None else max(1, iterations // 10)
+    else:
+        out["valid_step"] = 0
+    if seed is not None:
+        out["seed"] = seed
+    for name in ("device", "precision", "on_nan", "checkpoint_every", "checkpoint_keep"):
+        value = objects.setting(name)
+        if value is not None:
+            out[name] = value
+    if objects.field("compile") is not None:
+        out["compile"] = objects.compile_requested()
+    if objects.field("early_stop") is not None:
+        out.update(early_stop(objects))
+    return out
+
+
+def early_stop(objects: Instantiator) -> dict[str, Any]:
+    """``early_stop = dict(metric="acc", mode="max", patience=5)`` as EngineConfig fields."""
+    from mlodsl.diagnostics import did_you_mean
+
+    f = objects.field("early_stop")
+    value = objects.interp("engine early_stop").run(f.value)
+    if value is None or value is False:
+        return {}
+    if value is True:
+        value = {}
+    if objects.field("validate") is None:
+        raise objects.sources.error(f.value, "'early_stop' watches the validation metrics, but "
+                                    "the engine has no 'validate'")
+    if not isinstance(value, dict):
+        raise objects.sources.error(f.value, "'early_stop' must be a dict like "
+                                    "dict(metric=\"acc\", mode=\"max\", patience=5)")
+    for key in value:
+        if key not in EARLY_STOP_KEYS:
+            raise objects.sources.error(f.value, f"'early_stop' has no key '{key}' (it takes "
+                                        "metric, mode and patience)",
+                                        did_you_mean(str(key), list(EARLY_STOP_KEYS)))
+    checked = {}
+    for key, spec in EARLY_STOP_KEYS.items():
+        if key not in value and spec.default is None:
+            continue
+        try:
+            checked[key] = spec.check(value.get(key, spec.default), f"'early_stop' {key}")
+        except SettingError as err:
+            raise objects.sources.error(f.value, str(err), err.hint) from None
+    out: dict[str, Any] = {"early_stopping": True, "early_stopping_mode": checked["mode"],
+                           "early_stopping_tolerance": checked["patience"]}
+    if "metric" in checked:
+        out["early_stopping_metric"] = checked["metric"]
+    return out

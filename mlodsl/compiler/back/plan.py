@@ -1,0 +1,209 @@
+"""The execution plan: what lowering a ``.mlo`` program produces, and what drives the runtime.
+
+An :class:`ExecutionPlan` holds the compiled problems (runtime ``Problem`` objects whose
+``training_step`` calls the loss graph), the edges with their hypergradient methods (and why
+each method was chosen), the engine settings and the validation expression. ``plan.run()``
+builds one :class:`~mlodsl.runtime.engine.Engine` from them and runs it: there is one runtime,
+shared with the Python API. The runtime classes that a compiled program plugs in (its losses,
+problems and engine) are in :mod:`mlodsl.compiler.back.adapters`.
+
+Example::
+
+    plan = mlodsl.compile("examples/hpo/hpo.mlo")
+    print(plan.describe())
+    history = plan.run(iterations=100)
+    net = plan.problems["classifier"].module
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from mlodsl.compiler.back.adapters import CompiledProblem, PlanEngine
+from mlodsl.compiler.front.sources import SourceMap
+from mlodsl.diagnostics import Diagnostic, MLOError
+from mlodsl.runtime.config import EngineConfig
+from mlodsl.runtime.edges import Edge
+from mlodsl.runtime.schedule import Schedule
+
+__all__ = ["ExecutionPlan", "PlannedEdge", "LossInfo"]
+
+
+# ----------------------------------------------------------------------------- the plan
+
+@dataclass
+class PlannedEdge:
+    """``upper depends lower``: its ``every``, its method, and where the method came from."""
+
+    upper: str
+    lower: str
+    every: int
+    method: str
+    args: dict
+    source: str  # "via", "hypergrad of 'P'", "engine hypergrad" or "default"
+
+    def spec(self) -> Edge:
+        """The runtime's edge."""
+        return Edge(self.upper, self.lower, every=self.every, method=self.method,
+                    args=self.args, source=self.source)
+
+    def call(self) -> str:
+        """``darts(alpha=0.01)``."""
+        return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
+
+
+@dataclass
+class LossInfo:
+    """How a problem's loss was compiled: an fx graph or a traced callable, and what it reads."""
+
+    kind: str  # "graph" or "callable"
+    reads: list[str]
+    graph: torch.fx.GraphModule | None = None
+    params: tuple[str, ...] = ()
+    traced: bool = True  # False when a callable loss could not be traced
+
+
+@dataclass
+class ExecutionPlan:
+    """A compiled program: problems, edges, schedule, losses and engine settings.
+
+    ``problems`` are in level order (then source order); the engine receives them in source
+    order, which breaks the schedule's ties (LANGUAGE.md section 4).
+    """
+
+    file: str
+    problems: dict[str, CompiledProblem]
+    order: list[str]
+    levels: dict[str, int]
+    edges: list[PlannedEdge]
+    losses: dict[str, LossInfo]
+    engine_settings: dict[str, Any]
+    search_path: list[str]
+    sources: SourceMap
+    validate: Callable[[Mapping[str, Any]], Any] | None = None
+    validate_node: Any = None
+    warnings: list[Diagnostic] = field(default_factory=list)
+    descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
+    engine: PlanEngine | None = None
+
+    # -- what it is ---------------------------------------------------------------------------
+    def schedule(self) -> Schedule:
+        """A fresh :class:`~mlodsl.runtime.schedule.Schedule` of the program."""
+        return Schedule(self.order, [e.spec() for e in self.edges])
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameter count of each problem."""
+        return {n: sum(q.numel() for q in p.module.parameters() if q.requires_grad)
+                for n, p in self.problems.items()}
+
+    def to_json(self, show_graphs: bool = False) -> dict:
+        """The plan as plain data (``mlodsl compile --json``)."""
+        counts = self.parameter_counts()
+        out = {
+            "file": self.file,
+            "problems": [{
+                "name": n, "level": self.levels[n], "parameters": counts[n],
+                **self.descriptions.get(n, {}),
+                "loss": {"kind": self.losses[n].kind, "reads": self.losses[n].reads,
+                         "batch": list(self.losses[n].params),
+                         **({"code": self.losses[n].graph.code}
+                            if show_graphs and self.losses[n].graph is not None else {})},
+            } for n in self.problems],
+            "edges": [{"upper": e.upper, "lower": e.lower, "every": e.every, "method": e.method,
+                       "args": e.args, "method_from": e.source} for e in self.edges],
+            "schedule": self.schedule().describe().splitlines(),
+            "engine": {k: v for k, v in self.engine_settings.items()},
+            "warnings": [d.headline() for d in self.warnings],
+        }
+        return out
+
+    def describe(self, show_graphs: bool = False) -> str:
+        """A human-readable account of the plan (``mlodsl compile``)."""
+        counts = self.parameter_counts()
+        depth = max(self.levels.values()) + 1
+        lines = [f"{self.file}: {len(self.problems)} problem"
+                 f"{'s' if len(self.problems) != 1 else ''}, {depth} level"
+                 f"{'s' if depth != 1 else ''}", "", "problems (level order):"]
+        width = max(len(n) for n in self.problems)
+        for n in self.problems:
+            d = self.descriptions.get(n, {})
+            lines.append(f"  level {self.levels[n]}  {n:<{width}}  {counts[n]:>10,} parameters  "
+                         f"module {d.get('module', '?')}")
+            for key in ("optimizer", "scheduler", "data"):
+                if d.get(key):
+                    lines.append(f"  {'':8} {'':<{width}}  {key}: {d[key]}")
+        lines += ["", "edges:"]
+        if not self.edges:
+            lines.append("  (none: a single-level program)")
+        for e in self.edges:
+            lines.append(f"  {e.upper} depends {e.lower} every {e.every} via {e.call()}"
+                         f"   [method from {e.source}]")
+        lines += ["", "schedule:"] + ["  " + s for s in self.schedule().describe().splitlines()]
+        lines += ["", "losses:"]
+        for n, info in self.losses.items():
+            head = f"loss({', '.join(info.params)})" if info.kind == "graph" else "loss = callable"
+            reads = ", ".join(info.reads) if info.reads else "nothing"
+            note = "" if info.traced else " (not traced: reads unchecked)"
+            lines.append(f"  {n:<{width}}  {head}: reads {reads}{note}")
+            if show_graphs and info.graph is not None:
+                lines += ["    " + s for s in info.graph.code.strip().splitlines()]
+        lines += ["", "engine:"]
+        for k, v in self.engine_settings.items():
+            lines.append(f"  {k} = {v!r}")
+        return "\n".join(lines)
+
+    # -- running ---------------------------------------------------------------------------------
+    def build_engine(self, *, run_dir: str | None = None, resume: str | None = None,
+                     checkpoint_dir: str | None = None, progress: bool = False,
+                     console: bool = True) -> PlanEngine:
+        """Build the runtime engine (once); later calls return the same engine."""
+        if self.engine is not None:
+            return self.engine
+        settings = dict(self.engine_settings)
+        if checkpoint_dir is None and settings.get("checkpoint_every"):
+            checkpoint_dir = f"{run_dir}/checkpoints" if run_dir else None
+            if checkpoint_dir is None:
+                raise MLOError("the program sets 'checkpoint_every': give the run a folder "
+                               "(plan.run(run_dir=...) or mlodsl run --out DIR)", kind="run")
+        config = EngineConfig(**settings, run_dir=run_dir, resume_from=resume,
+                              checkpoint_dir=checkpoint_dir, progress=progress)
+        from mlodsl.compiler.back.resolve import on_path
+        with on_path(self.search_path):
+            self.engine = PlanEngine(
+                config=config, problems=[self.problems[n] for n in self.order],
+                edges=[e.spec() for e in self.edges], validate=self.validate,
+                validate_node=self.validate_node, sources=self.sources)
+        self.engine.history.console = console
+        for n, info in self.losses.items():  # tensor constants of the graphs, too
+            if info.graph is not None:
+                info.graph.to(next(self.problems[n].module.parameters()).device)
+        return self.engine
+
+    def run(self, iterations: int | None = None, **engine_options: Any) -> list[dict]:
+        """Train until ``iterations`` engine iterations in all (default: the program's).
+
+        Returns the metric history (a list of dicts). Keyword options go to
+        :meth:`build_engine` on the first call (``run_dir``, ``resume``, ``progress``,
+        ``console``). A later call with a larger ``iterations`` continues the same run.
+        """
+        engine = self.build_engine(**engine_options)
+        if iterations is not None:
+            if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
+                raise MLOError(f"iterations must be an integer >= 0, got {iterations!r}")
+            engine.config.train_iters = iterations
+        from mlodsl.compiler.back.resolve import on_path
+        with on_path(self.search_path):
+            engine.run()
+            engine.finish()
+        return engine.history.records
+
+    def final_validation(self) -> dict | None:
+        """The last validation metrics of the run, or None."""
+        if self.engine is None:
+            return None
+        last = self.engine.history.validation()
+        if not last:
+            return None
+        return {k: v for k, v in last[-1].items() if k not in ("kind",)}

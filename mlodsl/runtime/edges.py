@@ -1,0 +1,57 @@
+"""The runtime's edge: "``upper`` depends on ``lower``", with everything the run needs to know.
+
+One type for the schedule (who steps when: ``every``, ``warmup``), the engine (how the upper's
+gradient goes through the lower: ``method`` and its ``args``) and the compiler's plan (where
+the method came from: ``source``). The ``.mlo`` syntax node of an edge
+(``mlodsl.compiler.ir.Edge``) stays the compiler's; lowering turns it into this. Torch-free.
+
+    >>> Edge("outer", "inner", every=2)
+    outer -> inner every 2 via darts(alpha=0.01)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlodsl.diagnostics import MLOError
+from mlodsl.methods import METHODS
+
+__all__ = ["Edge"]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``upper`` depends on ``lower``.
+
+    Attributes:
+        upper, lower: problem names.
+        every: ``upper`` steps after each ``every`` steps of ``lower`` (the unroll length).
+        warmup: the lower's first ``warmup`` steps do not count towards ``every``.
+        method: the hypergradient method through ``lower`` (a name in ``mlodsl.methods``).
+        args: the method's arguments, defaults filled in (checked against its signature).
+        source: where the method came from, for ``mlodsl compile`` ("via", "default", ...).
+    """
+
+    upper: str
+    lower: str
+    every: int = 1
+    warmup: int = 0
+    method: str = "darts"
+    args: dict[str, Any] = field(default_factory=dict, compare=False)
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise MLOError(f"edge {self.upper} -> {self.lower}: unknown hypergradient method "
+                           f"'{self.method}'")
+        # Frozen: the normalised values are set through object.__setattr__ (dataclass idiom).
+        object.__setattr__(self, "args", METHODS[self.method].bind(dict(self.args or {})))
+        object.__setattr__(self, "every", int(self.every))
+        object.__setattr__(self, "warmup", int(self.warmup))
+
+    def call(self) -> str:
+        """The method as a call: ``darts(alpha=0.01)``."""
+        return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
+
+    def __repr__(self) -> str:
+        return f"{self.upper} -> {self.lower} every {self.every} via {self.call()}"
