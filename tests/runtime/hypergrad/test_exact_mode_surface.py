@@ -83,3 +83,27 @@ def test_an_unrolled_level_below_an_exact_middle_is_refused():
     with pytest.raises(MLOError, match="multilevel='exact' needs the levels below 'mid'"):
         build_engine(program, {"top": dict(type="cg", multilevel="exact"),
                                "mid": dict(type="unroll", first_order=False)})
+
+
+def _errors(src):
+    return [d.message for d in check(parse(src)) if d.severity == "error"
+            and "unknown name" not in d.message]
+
+
+def test_mlodsl_check_refuses_exact_above_an_unrolled_level():
+    src = PROGRAM.replace("via cg(iterations=10)", "via unroll()").replace(
+        "METHOD", 'cg(multilevel="exact")')
+    assert _errors(src) == [
+        "multilevel=\"exact\" on 'top' -> 'mid' needs the levels below 'mid' to respond "
+        "implicitly, but 'mid' -> 'low' uses unroll()"]
+    assert _errors(src.replace('multilevel="exact"', 'multilevel="frozen"')) == []
+
+
+def test_mlodsl_check_refuses_a_checkpointed_window_under_unrolled_steps():
+    src = PROGRAM.replace("via cg(iterations=10)", "via unroll(checkpoint=True)").replace(
+        "METHOD", "unroll()")
+    (message,) = _errors(src)
+    assert message.startswith("unroll(checkpoint=True) into 'low' cannot be nested under the "
+                              "unrolled steps of 'mid'")
+    assert _errors(src.replace("via unroll()", "via unroll(first_order=True)")) == []
+    assert _errors(src.replace("via unroll()", "via cg()")) == []
