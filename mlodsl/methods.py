@@ -9,7 +9,7 @@ it. Adding a method means adding a :class:`MethodSignature` here and a module in
 Example::
 
     >>> METHODS["neumann"].bind({"iterations": 5})
-    {'iterations': 5, 'alpha': 1.0}
+    {'iterations': 5, 'alpha': 1.0, 'multilevel': 'frozen'}
 """
 from __future__ import annotations
 

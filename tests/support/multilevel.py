@@ -78,15 +78,32 @@ class Program:
 
 # -- closed forms ----------------------------------------------------------------------------
 
-def _newton(objective, x0: torch.Tensor, steps: int) -> torch.Tensor:
-    """``steps`` differentiable Newton steps on ``objective`` from ``x0``."""
-    x = x0
+def _newton_step(objective, x: torch.Tensor) -> torch.Tensor:
+    xi = x if x.requires_grad else x.detach().requires_grad_(True)
+    g = torch.autograd.grad(objective(xi), xi, create_graph=True)[0]
+    rows = [torch.autograd.grad(g[i], xi, create_graph=True, retain_graph=True)[0]
+            for i in range(len(g))]
+    return xi - torch.linalg.solve(torch.stack(rows), g)
+
+
+def _newton(objective, x0: torch.Tensor, steps: int, converge: int = 0) -> torch.Tensor:
+    """Newton's method on ``objective`` from ``x0``: up to ``converge`` steps on values only
+    (until the step is at rounding level), then ``steps`` differentiable ones.
+
+    From a converged point one differentiable step has the fixed point's exact first
+    derivative, two its second, three its third (the Newton map's own derivative vanishes
+    there), whatever the steps before it.
+    """
+    x = x0.detach()
+    for _ in range(converge):
+        new = _newton_step(objective, x).detach()
+        done = float(torch.linalg.vector_norm(new - x)) <= 1e-14 * (
+            1 + float(torch.linalg.vector_norm(x)))
+        x = new
+        if done:
+            break
     for _ in range(steps):
-        xi = x if x.requires_grad else x.detach().requires_grad_(True)
-        g = torch.autograd.grad(objective(xi), xi, create_graph=True)[0]
-        rows = [torch.autograd.grad(g[i], xi, create_graph=True, retain_graph=True)[0]
-                for i in range(len(g))]
-        x = xi - torch.linalg.solve(torch.stack(rows), g)
+        x = _newton_step(objective, x)
     return x
 
 
@@ -108,14 +125,17 @@ def best_response(program: Program, name: str, values: dict[str, torch.Tensor],
                   steps: int = 1) -> dict[str, torch.Tensor]:
     """Level ``name`` and everything below it at their best response to ``values`` (others)."""
     level = program.by_name[name]
-    n_steps = steps if level.quadratic and all(
-        program.by_name[b].quadratic for b in program.below(name)) else max(steps, 12)
+    quadratic = level.quadratic and all(program.by_name[b].quadratic
+                                        for b in program.below(name))
 
     def total(x):
         inner = solve_below(program, name, {**values, name: x}, steps)
         return level.loss(inner)
 
-    x = _newton(total, values[name], n_steps)
+    # one Newton step solves a quadratic level; else converge, then three differentiable
+    # steps (exact derivatives up to the third, for the levels above)
+    x = (_newton(total, values[name], steps) if quadratic else
+         _newton(total, values[name], 3, converge=40))
     return solve_below(program, name, {**values, name: x}, steps)
 
 
@@ -203,10 +223,11 @@ def linearised_chain(program: Program, top: str, identity: Sequence[str] = (),
     by ``J_K = -S_K M_K``: ``M_K`` its second derivative in (itself, them), ``S_K = H_K^{-1}``
     (``cg``, ``neumann`` converged) or the identity (``K`` in ``identity``: ``darts``, ``sama``
     with SGD). For ``K`` in ``total`` (the exact mode) ``H_K`` and ``M_K`` are those of the
-    total objective with the levels below ``K`` responding linearly (``P' (d^2 g_K) P``, with
-    ``P = [I; R]`` and ``R`` their responses). Cotangents are then summed over every path.
-    With ``total`` every middle level and no ``identity``, this is :func:`exact_hypergradient`
-    for quadratic levels; with no ``total`` it is :func:`frozen_hypergradient`.
+    total objective with the levels below ``K`` responding (``P' (d^2 L_K) P``, with
+    ``P = [I; R]``, ``R`` their linear responses and ``L_K`` the Lagrangian of
+    :func:`_lagrangian`, whose extra terms carry the responses' curvature). Cotangents are then
+    summed over every path. With ``total`` every middle level and no ``identity``, this is
+    :func:`exact_hypergradient`; with no ``total`` it is :func:`frozen_hypergradient`.
     """
     values = dict(values if values is not None else nested_solution(program, top))
     scope = [top, *program.below(top)]
@@ -230,10 +251,15 @@ def linearised_chain(program: Program, top: str, identity: Sequence[str] = (),
                 R[low][x] = acc
         return R
 
+    S: dict[str, torch.Tensor] = {}
     for k in sorted(scope[1:], key=lambda n: depth[n]):  # lowest first: J of those below known
         free = [k, *above[k]]
         cols = free + (program.below(k) if k in total else [])
-        blocks = {r: _hessian_blocks(program.by_name[k].loss, values, r, cols) for r in cols}
+        loss = program.by_name[k].loss
+        if k in total:
+            loss = _lagrangian(program, k, values, J, S, [n for n in program.below(k)
+                                                          if n not in total], depth)
+        blocks = {r: _hessian_blocks(loss, values, r, cols) for r in cols}
         if k in total:  # P' (d^2 g_k) P, P = d(cols)/d(free) along the linearised responses
             R = responses(k, free)
             P = {r: {x: (R[r][x] if r not in free else torch.eye(dims[x], dtype=DT) if r == x
@@ -244,8 +270,8 @@ def linearised_chain(program: Program, top: str, identity: Sequence[str] = (),
         else:
             second = {(x, y): blocks[x][y] for x in free for y in free}
         H = second[(k, k)]
-        S = torch.eye(dims[k], dtype=DT) if k in identity else torch.linalg.pinv(H)
-        J[k] = {a: -S @ second[(k, a)] for a in above[k]}
+        S[k] = torch.eye(dims[k], dtype=DT) if k in identity else torch.linalg.pinv(H)
+        J[k] = {a: -S[k] @ second[(k, a)] for a in above[k]}
 
     leaves = {n: v.detach().clone().requires_grad_(True) for n, v in values.items()}
     grads = torch.autograd.grad(program.by_name[top].loss(leaves), [leaves[n] for n in scope],
@@ -255,6 +281,36 @@ def linearised_chain(program: Program, top: str, identity: Sequence[str] = (),
         for a in above[k]:
             c[a] = c[a] + J[k][a].T @ c[k]
     return c[top]
+
+
+def _lagrangian(program: Program, k: str, values, J, S, frozen_below: list[str], depth):
+    """``g_k - sum_L <s_L, d g_L / d theta_L>`` over the (frozen) levels ``L`` below ``k``.
+
+    ``s_L = S_L c_L``, ``c`` the gradient of ``g_k`` pushed down the chain: along the best
+    responses the subtracted residuals vanish, and this function's second derivatives along
+    the linearised responses are the total objective's, curvature of the responses included.
+    """
+    below = program.below(k)
+    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in values.items()}
+    grads = torch.autograd.grad(program.by_name[k].loss(leaves), [leaves[n] for n in below],
+                                allow_unused=True)
+    c = {n: (torch.zeros_like(values[n]) if g is None else g.detach())
+         for n, g in zip(below, grads)}
+    s = {}
+    for low in sorted(below, key=lambda n: depth[n]):  # lowest first
+        s[low] = S[low] @ c[low]
+        for a, j in J[low].items():
+            if a in c:
+                c[a] = c[a] + j.T @ c[low]
+
+    def loss(v):
+        out = program.by_name[k].loss(v)
+        for low in frozen_below:
+            (g,) = torch.autograd.grad(program.by_name[low].loss(v), v[low], create_graph=True)
+            out = out - g @ s[low]
+        return out
+
+    return loss
 
 
 # -- running the program through mlodsl -----------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 from tests.support.multilevel import Level, Program, randn, spd
 
 
-def three_level(seed: int = 3, middle: str = "linear", direct: bool = True) -> Program:
+def three_level(seed: int = 3, middle: str = "linear", direct: bool = True,
+                bottom: str = "quadratic") -> Program:
     """``top`` over ``mid`` over ``low``; ``top`` also reads ``low`` (and ``low`` reads ``top``).
 
     ``middle`` chooses how the middle's loss reads the bottom:
@@ -23,7 +24,8 @@ def three_level(seed: int = 3, middle: str = "linear", direct: bool = True) -> P
     * ``"only_below"``: ``g_mid = |w - q|^2/2``: the middle's loss reads only the level below
       (its frozen Hessian is zero: the default hypergradient through it is zero).
 
-    ``low``: ``g_low = w'Aw/2 - w'(B a + C b)``; ``top``: ``f = |w - r|^2/2 + |a - s|^2/2 +
+    ``low``: ``g_low = w'Aw/2 - w'(B a + C b)`` (``bottom="quartic"``: plus
+    ``sum w^4 / 4``, so that its best response is not affine in ``a``); ``top``: ``f = |w - r|^2/2 + |a - s|^2/2 +
     c|b|^2/2`` (without ``direct``, ``f`` reads ``a`` and ``b`` only, and ``low`` does not read
     ``b``).
     """
@@ -36,7 +38,10 @@ def three_level(seed: int = 3, middle: str = "linear", direct: bool = True) -> P
 
     def low(v):
         rhs = B @ v["mid"] + (C @ v["top"] if direct else 0)
-        return v["low"] @ A @ v["low"] / 2 - v["low"] @ rhs
+        out = v["low"] @ A @ v["low"] / 2 - v["low"] @ rhs
+        if bottom == "quartic":
+            out = out + (v["low"] ** 4).sum() / 4
+        return out
 
     def mid(v):
         w = v["low"]
@@ -60,7 +65,7 @@ def three_level(seed: int = 3, middle: str = "linear", direct: bool = True) -> P
 
     levels = [Level("top", nb, top, ("mid",)),
               Level("mid", na, mid, ("low",), quadratic=middle != "quartic"),
-              Level("low", nw, low)]
+              Level("low", nw, low, quadratic=bottom == "quadratic")]
     start = {"top": randn(g, nb), "mid": randn(g, na), "low": randn(g, nw)}
     return Program(levels, start)
 

@@ -126,6 +126,40 @@ class _Level:
         out = [torch.zeros_like(t) if o is None else o for o, t in zip(out, flat)]
         return self._split(out)
 
+    def curvature(self, name: str, s: Vector, direction: Direction) -> Direction:
+        """``d^2 <s, d g / d theta_name> [direction]`` in every variable: the third derivative
+        of the loss contracted with a fixed ``s`` (the best response's curvature term)."""
+        key = id(s)
+        if getattr(self, "_phi_key", None) != key:
+            flat = [t for n in self.variables for t in self.leaves[n]]
+            pairs = [(g, v) for g, v in zip(self.grads[name], s)
+                     if g is not None and g.requires_grad]
+            grad_phi = None
+            if pairs:
+                with torch.enable_grad():
+                    phi = sum((g * v.to(g.dtype)).sum() for g, v in pairs)
+                    grad_phi = torch.autograd.grad(phi, flat, create_graph=True,
+                                                   allow_unused=True, retain_graph=True)
+            self._phi_key, self._grad_phi = key, grad_phi
+        flat = [t for n in self.variables for t in self.leaves[n]]
+        zero = {n: [torch.zeros_like(t) for t in self.leaves[n]] for n in self.variables}
+        if self._grad_phi is None:
+            return zero
+        ds = self._split([None] * len(flat))
+        for n, vec in direction.items():
+            if n in ds:
+                ds[n] = list(vec)
+        pairs = [(g, d) for g, d in zip(self._grad_phi, [t for n in self.variables
+                                                         for t in ds[n]])
+                 if g is not None and g.requires_grad and d is not None]
+        if not pairs:
+            return zero
+        with torch.enable_grad():
+            out = torch.autograd.grad([g for g, _ in pairs], flat,
+                                      grad_outputs=[d.to(g.dtype) for g, d in pairs],
+                                      retain_graph=True, allow_unused=True)
+        return self._split([torch.zeros_like(t) if o is None else o for o, t in zip(out, flat)])
+
 
 class _Linearisation:
     """Every level of a top's sub-DAG, linearised at the current point (see module doc)."""
@@ -168,12 +202,46 @@ class _Linearisation:
             return {n: h[n] for n in keep}
         below = self.below(name)
         responses = self.respond(below, x)
-        h = level.hvp({**x, **responses})
+        d = {**x, **responses}
+        h = level.hvp(d)
+        # The curvature of the lower best responses: G = g - sum <s_L, dg_L/dtheta_L> along
+        # the responses (the residuals vanish there), s_L the adjoints of g's own gradient.
+        for low, s_low in self.adjoints(name).items():
+            corr = self.level(low).curvature(low, s_low, d)
+            for n, vec in corr.items():
+                if n in h:
+                    h[n] = [a - b for a, b in zip(h[n], vec)]
         out = {n: h[n] for n in keep}
         back = self.pull(below, {n: h[n] for n in below}, onto=set(keep))
         for n, vec in back.items():
             out[n] = [a + b for a, b in zip(out[n], vec)]
         return out
+
+    def adjoints(self, name: str) -> dict[str, Vector]:
+        """``s_L = S_L c_L`` for the levels ``L`` below the exact level ``name`` whose own
+        Jacobians are frozen: ``c`` is ``g_name``'s gradient in them, pushed down the chain
+        (lowest first), as :meth:`pull` does. (An exact level below keeps no such term: the
+        curvature of its own response is not formed.)"""
+        cache = self.__dict__.setdefault("_adjoints", {})
+        if name not in cache:
+            level = self.level(name)
+            below = self.below(name)
+            inside = set(below) | {name} | set(self.above(name))
+            c = {n: [torch.zeros_like(t) if g is None else g.detach()
+                     for g, t in zip(level.grads[n], level.leaves[n])] for n in below}
+            out: dict[str, Vector] = {}
+            for low in below:
+                x = self.solve(low, c[low])
+                if x is None:
+                    continue
+                if not self.exact(low):
+                    out[low] = [t.detach() for t in x]
+                mixed = self.second(low, {low: x})
+                for a in self.above(low):
+                    if a in c and a in inside:
+                        c[a] = [u - v for u, v in zip(c[a], mixed[a])]
+            cache[name] = out
+        return cache[name]
 
     def solve(self, name: str, rhs: Vector) -> Vector | None:
         """``S_name rhs``: the edge method's inverse of the (total) Hessian; None for zero."""

@@ -2,7 +2,8 @@
 
 Shapes (tests/support/shapes.py): three- and four-level chains whose top also reads the bottom
 (direct and through-the-middle paths), middles linear, quadratic or quartic in the level below,
-a middle that reads only the level below, and both diamonds (one upper over two lowers, one
+a middle that reads only the level below, a bottom that is not quadratic (its best response
+is curved in the middle), and both diamonds (one upper over two lowers, one
 lower under two uppers). Levels start at the fully solved nested problem, learning rates are 0.
 
 Two closed forms (tests/support/multilevel.py), both derived independently of mlodsl:
@@ -35,6 +36,8 @@ SHAPES = {
                       ["mid"], False),
     "three-only-below": (lambda: shapes.three_level(middle="only_below"), ["top"],
                          ["top", "mid"], ["mid"], False),
+    "three-curved-bottom": (lambda: shapes.three_level(middle="quadratic", bottom="quartic"),
+                            ["top"], ["top", "mid"], ["mid"], False),
     "four-linear": (lambda: shapes.four_level(middles="linear"), ["top"], ["top", "m2", "m1"],
                     ["m2", "m1"], True),
     "four-quadratic": (lambda: shapes.four_level(middles="quadratic"), ["top"],
