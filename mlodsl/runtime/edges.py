@@ -6,7 +6,7 @@ the method came from: ``source``). The ``.mlo`` syntax node of an edge
 (``mlodsl.compiler.ir.Edge``) stays the compiler's; lowering turns it into this. Torch-free.
 
     >>> Edge("outer", "inner", every=2)
-    outer -> inner every 2 via darts(alpha=0.01)
+    outer -> inner every 2 via darts(alpha=0.01, multilevel='frozen')
 """
 from __future__ import annotations
 
