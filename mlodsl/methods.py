@@ -126,8 +126,8 @@ def _pos_float(name, default, config_field=None, doc=""):
 #: How a middle level's best-response Jacobian is formed (docs/hypergradients.md, "What is
 #: exact"). ``"frozen"`` (the default, as in Betty): from the level's own loss, the levels
 #: below it held fixed. ``"exact"``: from its *total* objective, the levels below responding
-#: through their own edges' methods; costs a solve per level below for every Hessian-vector
-#: product, and is exact when their best responses are affine (e.g. quadratic levels).
+#: through their own edges' methods; costs two solves per level below for every Hessian-vector
+#: product, and is the nested problem's derivative when the inverses below are converged.
 MULTILEVEL_MODES = ("frozen", "exact")
 
 

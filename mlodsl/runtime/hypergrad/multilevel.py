@@ -20,16 +20,18 @@ optimizer's preconditioner (``sama``), zero (``first_order``); for a ``K`` that 
 direction ``x`` of ``(theta_M, theta_above)`` is then
 
     d  = (x, J_below x)                       (the levels below respond: one solve per level)
-    h  = d^2 g_M [d]                          (one Hessian-vector product of g_M, all variables)
+    h  = d^2 Lambda_M [d]                     (Lambda_M = g_M - sum_L <s_L, dg_L/dtheta_L>)
     out = h_{M, above} + J_below^T h_below    (pushed back down the chain: one solve per level)
 
-Exact when every level below ``M`` has an affine best response (its gradient affine in its own
-and its uppers' parameters: quadratic levels), whatever ``g_M`` is (e.g. quadratic or quartic
-in the levels below). Otherwise it drops the curvature of the lower best responses
-(``sum_i (dg_M/dw_i) d^2 w_i* / dtheta^2``), as a Gauss-Newton step does. Cost per total
-Hessian-vector product: one HVP of ``g_M`` plus, for each level below, two applications of its
-method's inverse (forward and back), instead of one HVP; all evaluations are functional and
-reuse one graph per level and per hypergradient.
+with the adjoints ``s_L = S_L c_L``, ``c`` being ``g_M``'s gradient in the levels below pushed
+down the chain. The residuals ``dg_L/dtheta_L`` vanish along the best responses, so
+``Lambda_M = G_M`` there and its second derivatives along ``d`` are ``G_M``'s, the curvature of
+the lower best responses included (a third-order product per level below). Exact with
+converged inverses for any smooth losses, except that a level below that is itself exact
+keeps no curvature term (zero when the levels below it are quadratic). Cost per total
+Hessian-vector product: one HVP of ``g_M``, one third-order product and two applications of
+its method's inverse (forward and back) per level below; each level's loss is evaluated once
+per hypergradient and its graph reused.
 
 Levels below an exact middle must be implicit (``unroll`` and ``reinforce`` responses are not
 linear maps of the current point); :func:`check_exact` refuses them when the engine is built.
