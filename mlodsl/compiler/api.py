@@ -60,7 +60,8 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
     try:
         ovs = from_mapping(overrides)
     except MLOError as err:
-        raise err.add_sources(sources.sources) from None
+        err.add_sources(sources.sources)
+        raise
     if ovs:
         try:
             program = apply_overrides(program, ovs, sources)

@@ -421,7 +421,6 @@ class Engine:
             return list(grads)
         return dist.average_differentiable(grads)
 
-    # -- Betty's roll_back -------------------------------------------------------------------
     # -- the training state --------------------------------------------------------------------
     def training_state(self) -> TrainingState:
         """The whole training state, gathered from its owners (live references, no copies).

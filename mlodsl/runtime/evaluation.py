@@ -62,13 +62,13 @@ class LossEvaluator:
         views = []
         for other in self.problems.values():
             mapping = None
-            window = other.unrolled_window
+            fast = other.unrolled_window.fast
             if other is problem and params is not None:
                 mapping = dict(zip(other.trainable_names(), params))
             elif shown and other.name in shown:
                 mapping = dict(zip(other.trainable_names(), shown[other.name]))
-            elif window.is_open:
-                mapping = dict(zip(other.trainable_names(), window.fast))
+            elif fast is not None:
+                mapping = dict(zip(other.trainable_names(), fast))
             protect = not (own_step and other is problem) and other.has_buffers()
             if mapping or protect:  # nothing to substitute: no view, no overhead
                 views.append((other.module, ModuleView(mapping, protect_buffers=protect)))

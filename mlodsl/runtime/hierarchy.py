@@ -123,8 +123,9 @@ class Hierarchy:
         self.graph = graph
         self.edges: dict[tuple[str, str], Edge] = {(e.upper, e.lower): e for e in edges}
         self.schedule = schedule
+        self.iterative = {n for n, p in problems.items() if p.iterative}
         self.unrolled = {e.lower for e in self.edges.values() if e.method == "unroll"} | {
-            n for n, p in problems.items() if p.iterative and schedule.uppers(n)}
+            n for n in self.iterative if schedule.uppers(n)}
         self._below: dict[str, list[str]] = {}
         self._ancestors: dict[tuple[str, frozenset], list[str]] = {}
 

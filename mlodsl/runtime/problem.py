@@ -223,7 +223,7 @@ class Problem:
     def current_parameters(self) -> list[torch.Tensor]:
         """The tensors the loss currently sees: fast weights while unrolling, else live ones."""
         fast = self._window.fast
-        return fast if fast is not None else self.trainable_parameters()
+        return list(fast) if fast is not None else self.trainable_parameters()
 
     # -- set-up, called by the engine ---------------------------------------------------------
     def attach_engine(self, engine, default_device: torch.device) -> None:

@@ -45,7 +45,7 @@ class UnrolledWindow:
                  optimizer: Callable[[], torch.optim.Optimizer]):
         self._parameters = parameters
         self._optimizer = optimizer
-        self._fast: list[torch.Tensor] | None = None
+        self._fast: tuple[torch.Tensor, ...] | None = None
         self._diffopt: DifferentiableOptimizer | None = None
         self._tape: Any = None
         #: Differentiable steps taken since the window opened.
@@ -58,9 +58,9 @@ class UnrolledWindow:
         return self._fast is not None
 
     @property
-    def fast(self) -> list[torch.Tensor] | None:
+    def fast(self) -> tuple[torch.Tensor, ...] | None:
         """The fast weights (one tensor per trainable parameter), or None when closed."""
-        return None if self._fast is None else list(self._fast)
+        return self._fast
 
     @property
     def optimizer(self) -> DifferentiableOptimizer | None:
@@ -73,19 +73,19 @@ class UnrolledWindow:
         if self._fast is not None:
             return
         params = self._parameters()
-        self._fast = list(params)
+        self._fast = tuple(params)
         self._diffopt = make_differentiable(self._optimizer(), params)
         self._tape = None
         self.steps = 0
 
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         """One differentiable optimizer step of the fast weights along ``grads``."""
-        self._fast = self._diffopt.step(self._fast, grads)
+        self._fast = tuple(self._diffopt.step(self._fast, grads))
         self.steps += 1
 
     def advance(self, fast: Sequence[torch.Tensor], optimizer_state: list[dict]) -> None:
         """Install a step computed outside :meth:`step`: new fast weights and optimizer state."""
-        self._fast = list(fast)
+        self._fast = tuple(fast)
         self._diffopt.state = optimizer_state
         self.steps += 1
 
@@ -119,7 +119,7 @@ class UnrolledWindow:
         tensors the step is being differentiated with respect to.
         """
         saved = self._fast
-        self._fast = list(tensors)
+        self._fast = tuple(tensors)
         try:
             yield
         finally:
@@ -144,6 +144,6 @@ class UnrolledWindow:
             return
         self._fast = None
         self.open()
-        self._fast = list(state["fast"])
+        self._fast = tuple(state["fast"])
         self._diffopt.state = [dict(s) for s in state["optimizer"]]
         self.steps = int(state["steps"])

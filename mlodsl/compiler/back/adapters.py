@@ -136,7 +136,6 @@ class CompiledProblem(ImplicitProblem):
     def __init__(self, *args: Any, loss: Callable[[Any], Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss
-        self.grad_accum: int | None = None
 
     def training_step(self, batch: Any) -> Any:
         """The loss on one batch (the fx graph, or the user's callable)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from mlodsl.compiler import ir
 from mlodsl.compiler.back.instantiate import Instantiator
-from mlodsl.compiler.back.plan import ExecutionPlan, PlannedEdge
+from mlodsl.compiler.back.plan import ExecutionPlan
 from mlodsl.compiler.back.resolve import (
     MethodChoice,
     builtin_names,
@@ -37,6 +37,7 @@ from mlodsl.compiler.back.resolve import (
 from mlodsl.compiler.front.check import levels as program_levels
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.methods import METHODS
+from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.seeding import seed_everything
 from mlodsl.settings import EARLY_STOP_KEYS, SettingError
 
@@ -72,8 +73,9 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         validate_node=node, warnings=objects.warnings, descriptions=objects.descriptions)
 
 
-def plan_edges(program: ir.Program, objects: Instantiator) -> list[PlannedEdge]:
-    """Every depends edge with its method: via, else hypergrad, else engine, else darts."""
+def plan_edges(program: ir.Program, objects: Instantiator) -> list[Edge]:
+    """The runtime's edge for every ``depends`` edge of the IR, with its method: ``via``, else
+    the upper's ``hypergrad``, else the engine's, else ``darts()``; ``source`` says which."""
     out = []
     engine_hg = objects.field("hypergrad")
     for p in program.problems:
@@ -87,8 +89,8 @@ def plan_edges(program: ir.Program, objects: Instantiator) -> list[PlannedEdge]:
                 choice, source = objects.method(engine_hg.value), "engine hypergrad"
             else:
                 choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
-            out.append(PlannedEdge(p.name, e.target, e.every or 1, choice.name, choice.args,
-                                   source))
+            out.append(Edge(p.name, e.target, every=e.every or 1, method=choice.name,
+                            args=choice.args, source=source))
     return out
 
 

@@ -28,31 +28,10 @@ from mlodsl.runtime.config import EngineConfig
 from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.schedule import Schedule
 
-__all__ = ["ExecutionPlan", "PlannedEdge", "LossInfo"]
+__all__ = ["ExecutionPlan", "LossInfo"]
 
 
 # ----------------------------------------------------------------------------- the plan
-
-@dataclass
-class PlannedEdge:
-    """``upper depends lower``: its ``every``, its method, and where the method came from."""
-
-    upper: str
-    lower: str
-    every: int
-    method: str
-    args: dict
-    source: str  # "via", "hypergrad of 'P'", "engine hypergrad" or "default"
-
-    def spec(self) -> Edge:
-        """The runtime's edge."""
-        return Edge(self.upper, self.lower, every=self.every, method=self.method,
-                    args=self.args, source=self.source)
-
-    def call(self) -> str:
-        """``darts(alpha=0.01)``."""
-        return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
-
 
 @dataclass
 class LossInfo:
@@ -77,7 +56,7 @@ class ExecutionPlan:
     problems: dict[str, CompiledProblem]
     order: list[str]
     levels: dict[str, int]
-    edges: list[PlannedEdge]
+    edges: list[Edge]  # the runtime's edges; ``source`` says where each method came from
     losses: dict[str, LossInfo]
     engine_settings: dict[str, Any]
     search_path: list[str]
@@ -91,7 +70,7 @@ class ExecutionPlan:
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
         """A fresh :class:`~mlodsl.runtime.schedule.Schedule` of the program."""
-        return Schedule(self.order, [e.spec() for e in self.edges])
+        return Schedule(self.order, self.edges)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter count of each problem."""
@@ -173,7 +152,7 @@ class ExecutionPlan:
         with on_path(self.search_path):
             self.engine = PlanEngine(
                 config=config, problems=[self.problems[n] for n in self.order],
-                edges=[e.spec() for e in self.edges], validate=self.validate,
+                edges=self.edges, validate=self.validate,
                 validate_node=self.validate_node, sources=self.sources)
         self.engine.history.console = console
         for n, info in self.losses.items():  # tensor constants of the graphs, too

@@ -105,6 +105,9 @@ class _Level:
             grads = (torch.autograd.grad(loss, flat, create_graph=True, allow_unused=True)
                      if loss.requires_grad else [None] * len(flat))
         self.grads = self._split(grads)
+        # d<s, dg/dtheta_name>/d(variables) with a graph, for the s of the last curvature call
+        self._phi_key: int | None = None
+        self._grad_phi = None
 
     def _split(self, flat) -> Direction:
         out, i = {}, 0
@@ -132,7 +135,7 @@ class _Level:
         """``d^2 <s, d g / d theta_name> [direction]`` in every variable: the third derivative
         of the loss contracted with a fixed ``s`` (the best response's curvature term)."""
         key = id(s)
-        if getattr(self, "_phi_key", None) != key:
+        if self._phi_key != key:
             flat = [t for n in self.variables for t in self.leaves[n]]
             pairs = [(g, v) for g, v in zip(self.grads[name], s)
                      if g is not None and g.requires_grad]
@@ -170,6 +173,7 @@ class _Linearisation:
         self.engine, self.top, self.scope = engine, top, scope
         self.levels: dict[str, _Level] = {}
         self.order = list(engine.problems)
+        self._adjoints: dict[str, dict[str, Vector]] = {}
 
     # -- structure ---------------------------------------------------------------------------
     def above(self, name: str) -> list[str]:
@@ -224,7 +228,7 @@ class _Linearisation:
         Jacobians are frozen: ``c`` is ``g_name``'s gradient in them, pushed down the chain
         (lowest first), as :meth:`pull` does. (An exact level below keeps no such term: the
         curvature of its own response is not formed.)"""
-        cache = self.__dict__.setdefault("_adjoints", {})
+        cache = self._adjoints
         if name not in cache:
             level = self.level(name)
             below = self.below(name)
