@@ -5,6 +5,7 @@ The public surface::
     import mlodsl
     plan = mlodsl.compile("examples/hpo/hpo.mlo")        # the .mlo route
     history = plan.run(iterations=200)
+    run = mlodsl.load_run("runs/hpo")                    # a run folder's trained modules
 
     from mlodsl import ImplicitProblem, Config, EngineConfig, Engine   # the Python route
 
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import importlib
 
-from mlodsl.diagnostics import Diagnostic, MLOError
+from mlodsl.diagnostics import Diagnostic, MLOError, MLOWarning
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "compile": ("mlodsl.compiler.api", "compile"),
+    "load_run": ("mlodsl.results", "load_run"),
     "ExecutionPlan": ("mlodsl.compiler.back.plan", "ExecutionPlan"),
     "Problem": ("mlodsl.runtime.problem", "Problem"),
     "ImplicitProblem": ("mlodsl.runtime.problem", "ImplicitProblem"),
@@ -30,7 +32,7 @@ _LAZY = {
     "Engine": ("mlodsl.runtime.engine", "Engine"),
 }
 
-__all__ = ["Diagnostic", "MLOError", "__version__", *_LAZY]
+__all__ = ["Diagnostic", "MLOError", "MLOWarning", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

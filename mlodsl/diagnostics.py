@@ -25,6 +25,7 @@ __all__ = [
     "Span",
     "Diagnostic",
     "MLOError",
+    "MLOWarning",
     "render_text",
     "render_json",
     "did_you_mean",
@@ -105,6 +106,14 @@ class MLOError(Exception):
     def render(self, sources: Mapping[str, str] | None = None) -> str:
         """The diagnostics as text, with source lines and carets (``sources`` or the error's)."""
         return render_text(self.diagnostics, sources or self.sources)
+
+
+class MLOWarning(UserWarning):
+    """A warning about the user's program found while it runs (e.g. a diverging series).
+
+    Its message is already rendered (``FILE:LINE:COL: warning: ...`` and a hint line); the
+    CLI prints it as is, and Python users may filter or catch it like any warning.
+    """
 
 
 def _source_line(sources: Mapping[str, str], file: str | None, line: int) -> str | None:

@@ -151,6 +151,8 @@ def main(argv=None) -> int:
         engine = build(variant, data, sizes, args.iterations, args.seed, args.valid_step,
                        args.device)
         engine.history.console = not args.json
+        if not args.json and len(variants) > 1:  # whose validation log follows
+            print(f"== variant {variant} ==", file=sys.stderr, flush=True)
         engine.run()
         results[variant] = summarize(engine)
         results[variant]["seconds"] = round(time.perf_counter() - start, 2)

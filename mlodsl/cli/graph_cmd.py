@@ -1,4 +1,6 @@
-"""``mlodsl graph FILE -o out.svg|png|dot``: draw a program's problem hierarchy.
+"""``mlodsl graph FILE [-o out.svg|png|dot]``: draw a program's problem hierarchy.
+
+Without ``-o`` (``--out``) it writes ``STEM.svg`` in the current folder.
 
 Problems are laid out by level (level 0 at the bottom, uppers above); each ``depends`` edge
 points from the upper to the lower and is labelled with its method and ``every``. ``.dot``
@@ -16,8 +18,9 @@ __all__ = ["add_arguments", "main", "hierarchy", "to_dot", "draw"]
 def add_arguments(parser) -> None:
     """The options of ``mlodsl graph``."""
     parser.add_argument("file", metavar="FILE", help="a .mlo program")
-    parser.add_argument("-o", "--output", default=None,
-                        help="output file: .svg, .png or .dot (default FILE with .svg)")
+    parser.add_argument("-o", "--output", "--out", default=None,
+                        help="output file: .svg, .png or .dot (default: STEM.svg in the "
+                             "current folder)")
 
 
 def _method_text(expr, problem, engine) -> str:
@@ -116,7 +119,8 @@ def main(args) -> int:
     if errors or program is None:
         sys.stderr.write(render_text(errors or diags, {args.file: text} if text else {}) + "\n")
         return 2
-    out = Path(args.output) if args.output else Path(args.file).with_suffix(".svg")
+    # The default lands in the current folder, never next to the source (a repository).
+    out = Path(args.output) if args.output else Path(Path(args.file).stem + ".svg")
     suffix = out.suffix.lower()
     if suffix not in (".svg", ".png", ".dot", ".gv"):
         sys.stderr.write(f"mlodsl graph: error: unknown output format '{out.suffix}' "

@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "main", "load_run", "curves"]
+__all__ = ["add_arguments", "main", "load_run", "curves", "figure"]
 
 
 def add_arguments(parser) -> None:
@@ -70,17 +70,9 @@ def curves(records: list[dict]) -> tuple[dict, dict]:
     return train, valid
 
 
-def main(args) -> int:
-    """Run ``mlodsl plot``; returns the exit status."""
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        sys.stderr.write(f"mlodsl plot: error: {run_dir} is not a folder\n")
-        return 2
-    train, valid = curves(load_run(run_dir))
-    if not train and not valid:
-        sys.stderr.write(f"mlodsl plot: error: no metrics in {run_dir} (expected metrics.jsonl "
-                         "or metrics.csv, written with EngineConfig(run_dir=...))\n")
-        return 1
+def figure(train: dict, valid: dict):
+    """The matplotlib figure of :func:`curves`' output: one panel of training losses (a
+    one-point series drawn as a marker), one per validation metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +87,8 @@ def main(args) -> int:
     if train:
         ax = flat[i]
         for name, (xs, ys) in train.items():
-            ax.plot(xs, ys, label=name)
+            # a one-point series has no line to draw: show it as a marker
+            ax.plot(xs, ys, label=name, marker="o" if len(xs) == 1 else None)
         ax.set_title("training loss")
         ax.set_xlabel("iteration")
         ax.legend()
@@ -109,6 +102,23 @@ def main(args) -> int:
     for ax in flat[i:]:
         ax.axis("off")
     fig.tight_layout()
+    return fig
+
+
+def main(args) -> int:
+    """Run ``mlodsl plot``; returns the exit status."""
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        sys.stderr.write(f"mlodsl plot: error: {run_dir} is not a folder\n")
+        return 2
+    train, valid = curves(load_run(run_dir))
+    if not train and not valid:
+        sys.stderr.write(f"mlodsl plot: error: no metrics in {run_dir} (expected metrics.jsonl "
+                         "or metrics.csv, written with EngineConfig(run_dir=...))\n")
+        return 1
+    fig = figure(train, valid)
+    import matplotlib.pyplot as plt
+
     out = Path(args.output) if args.output else run_dir / "curves.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

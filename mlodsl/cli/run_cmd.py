@@ -7,11 +7,13 @@ writes the run folder (default ``runs/<program-stem>-<timestamp>``):
 * ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record;
 * ``checkpoints/`` - the last checkpoints (every ``checkpoint_every`` iterations, and at the
   end or on Ctrl-C / SIGTERM), from which ``--resume DIR`` continues exactly;
-* ``summary.json`` - the program, the overrides, the iterations run, the time, the parameter
-  counts and the final validation metrics;
+* ``summary.json`` and ``summary.md`` - how the run ended (finished, early-stopped, diverged,
+  interrupted, failed), the final and best validation, the final losses, the time and the
+  learned hyperparameters of small problems (:mod:`mlodsl.runtime.summary`), written in every
+  ending;
 
-and prints the final validation metrics. ``--nproc N`` runs N data-parallel processes on this
-machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
+and prints the summary (``mlodsl show DIR`` prints it again). ``--nproc N`` runs N
+data-parallel processes on this machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
 (e.g. a loss that became NaN), 2 for an error in the program or its overrides.
 """
 from __future__ import annotations
@@ -57,11 +59,29 @@ def _overrides(args) -> list:
     from mlodsl.compiler.front.overrides import parse_override
 
     out = [parse_override(s) for s in args.set]
-    if args.iterations is not None:
-        out.append(parse_override(f"engine.iterations={args.iterations}", "--iterations"))
-    if args.device is not None:
-        out.append(parse_override(f"engine.device={args.device!r}", "--device"))
+    for option, target, value in (("--iterations", "iterations", args.iterations),
+                                  ("--device", "device", args.device)):
+        if value is None:
+            continue
+        _no_conflict(out, option, ("engine", target), value)
+        text = f"engine.{target}={value!r}"
+        out.append(parse_override(text, option))
     return out
+
+
+def _no_conflict(overrides: list, option: str, target: tuple, value) -> None:
+    """``--iterations N`` and ``--set engine.iterations=M`` together are an error (which one
+    was meant is not ours to guess), unless they say the same."""
+    from mlodsl.compiler.ir import Constant
+    from mlodsl.compiler.front.overrides import error_at
+
+    for o in overrides:
+        same = isinstance(o.value, Constant) and o.value.value == value and \
+            type(o.value.value) is type(value)
+        if o.target == target and not same:
+            raise error_at(o, f"{option} {value} and --set {'.'.join(target)} disagree",
+                           f"give one of them ({option} is shorthand for "
+                           f"--set {'.'.join(target)}=...)")
 
 
 def _run_folders(args) -> tuple[str, str | None]:
@@ -120,62 +140,16 @@ def main(args) -> int:
     if main_rank:
         print_warnings(plan)
         sys.stderr.write(f"mlodsl: running {args.file} -> {out}\n")
-    start = time.perf_counter()
-    plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
-             progress=not args.quiet, console=not args.quiet)
-    seconds = time.perf_counter() - start
+    try:
+        plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
+                 progress=not args.quiet, console=not args.quiet)
+    except BaseException:
+        if main_rank and plan.summary is not None:
+            sys.stderr.write(f"mlodsl: {plan.summary['status']} at iteration "
+                             f"{plan.summary['stopped_at']}; summary in "
+                             f"{os.path.join(out, 'summary.json')}\n")
+        raise
     if main_rank:
-        summary = _summary(plan, args, out, seconds)
-        _write_json(os.path.join(out, "summary.json"), summary)
-        sys.stdout.write(_final_text(summary) + "\n")
+        from mlodsl.runtime.summary import render_summary
+        sys.stdout.write(render_summary(plan.summary) + "\n")
     return 0
-
-
-def _summary(plan, args, out: str, seconds: float) -> dict:
-    from mlodsl.runtime.logging import to_number
-
-    engine = plan.engine
-    return {
-        "program": os.path.abspath(args.file),
-        "run_dir": os.path.abspath(out),
-        "overrides": list(args.set) + ([f"engine.iterations={args.iterations}"]
-                                       if args.iterations is not None else []),
-        "iterations": engine.global_step,
-        "seconds": round(seconds, 3),
-        "parameters": plan.parameter_counts(),
-        "last_loss": {n: to_number(p.last_loss) for n, p in engine.problems.items()
-                      if getattr(p, "last_loss", None) is not None},
-        "final_validation": plan.final_validation(),
-    }
-
-
-def _write_json(path: str, data: dict) -> None:
-    import json
-    import math
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(clean(data), f, indent=2)
-        f.write("\n")
-
-
-def _final_text(summary: dict) -> str:
-    val = summary["final_validation"]
-    head = f"done: {summary['iterations']} iterations in {summary['seconds']:.1f} s " \
-           f"({summary['run_dir']})"
-    if not val:
-        losses = " ".join(f"{k}={v:.4g}" for k, v in summary["last_loss"].items())
-        return f"{head}\nlast losses: {losses}"
-    it = val.get("iteration")
-    metrics = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in val.items() if k != "iteration")
-    return f"{head}\nfinal validation (iteration {it}): {metrics}"

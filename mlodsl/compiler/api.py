@@ -43,7 +43,8 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
     """Parse, apply overrides and check: ``(program, sources, warnings)``. Raises MLOError."""
     from mlodsl.compiler.back.resolve import NAMESPACE_MODULE
     from mlodsl.compiler.front.check import check, errors
-    from mlodsl.compiler.front.overrides import apply_overrides, from_mapping, relocate
+    from mlodsl.compiler.front.overrides import (apply_overrides, from_mapping, relocate,
+                                                shadowed_hypergrads)
     from mlodsl.compiler.front.parse import parse
     from mlodsl.compiler.front.sources import SourceMap
 
@@ -69,12 +70,45 @@ def load_program(path_or_source: str | os.PathLike, overrides: Any = None,
             if errors(before):  # the program's own errors first (e.g. no engine block)
                 raise MLOError(before, sources=sources.sources) from None
             raise
-        diags = relocate(check(program), before, file, ovs)
+        diags = relocate(check(program), before, file, ovs) + shadowed_hypergrads(program, ovs)
     else:
         diags = before
     if errors(diags):
+        diags = _import_typos_first(program, file, sources, diags, namespace)
         raise MLOError(diags, sources=sources.sources)
     return program, sources, [d for d in diags if d.severity != "error"]
+
+
+def _import_typos_first(program, file: str, sources, diags: list, namespace) -> list:
+    """When a name is unknown but close to an imported one (``MLP`` used, ``MLPs`` imported),
+    the import may be the typo: resolve the imports, and if that import fails, report it
+    first and say so under the unknown name, instead of suggesting the broken name."""
+    from mlodsl.compiler.back.resolve import on_path, resolve_imports, search_path
+    from mlodsl.compiler.front.check import errors
+
+    imported = {name: span for imp in program.imports for name, span in imp.bindings()}
+    suspects = {d: d.hint.split("'")[1] for d in errors(diags)
+                if d.message.startswith("unknown name") and d.hint
+                and d.hint.startswith("did you mean '") and d.hint.split("'")[1] in imported}
+    if not suspects:
+        return diags
+    try:
+        with on_path(search_path(file)):
+            resolve_imports(program, sources, namespace)
+        return diags
+    except MLOError as err:
+        failed = list(err.diagnostics)
+    broken = {name for name, span in imported.items()
+              if any(f.span == span and f.file == file for f in failed)}
+    out = []
+    for d in diags:
+        close = suspects.get(d)
+        if close in broken:
+            d = dataclasses.replace(d, hint=f"'{close}' is imported at line "
+                                    f"{imported[close].line}, but that import fails (see its "
+                                    f"error): fix the import")
+        out.append(d)
+    return failed + out
 
 
 def compile(path_or_source: str | os.PathLike,  # noqa: A001 - the public name
@@ -94,8 +128,13 @@ def compile(path_or_source: str | os.PathLike,  # noqa: A001 - the public name
     """
     from mlodsl.compiler.back.lower import lower
 
+    if overrides is not None and not isinstance(overrides, (Mapping, str)):
+        overrides = list(overrides)  # read twice: applied, then kept for the summary
+    from mlodsl.compiler.front.overrides import from_mapping
+
     program, sources, warnings = load_program(path_or_source, overrides, namespace)
     plan = lower(program, sources, dict(namespace or {}))
     plan.warnings[:0] = warnings
+    plan.overrides = [o.text for o in from_mapping(overrides)]
     return plan
 

@@ -274,12 +274,13 @@ class Let:
 class Edge:
     """One ``depends`` target: ``target [every N] [via method(...)]``.
 
-    ``method`` is the expression after ``via`` (a :class:`Call`, or a :class:`Name` for a
-    method given without parentheses); the checker validates it.
+    ``every`` is the expression after ``every`` (any integer expression: ``5``, a ``let``,
+    ``2 * k``); ``method`` is the expression after ``via`` (a :class:`Call`, or a :class:`Name`
+    for a method given without parentheses); the checker validates both.
     """
 
     target: str
-    every: int | None = None
+    every: Expr | None = None
     method: Expr | None = None
     span: Span = _span()
     target_span: Span = _span()

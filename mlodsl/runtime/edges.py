@@ -6,7 +6,7 @@ the method came from: ``source``). The ``.mlo`` syntax node of an edge
 (``mlodsl.compiler.ir.Edge``) stays the compiler's; lowering turns it into this. Torch-free.
 
     >>> Edge("outer", "inner", every=2)
-    outer -> inner every 2 via darts(alpha=0.01, multilevel='frozen')
+    outer -> inner every 2 via darts(alpha=0.01)
 """
 from __future__ import annotations
 
@@ -28,8 +28,13 @@ class Edge:
         every: ``upper`` steps after each ``every`` steps of ``lower`` (the unroll length).
         warmup: the lower's first ``warmup`` steps do not count towards ``every``.
         method: the hypergradient method through ``lower`` (a name in ``mlodsl.methods``).
-        args: the method's arguments, defaults filled in (checked against its signature).
+        args: the method's arguments, defaults filled in (checked against its signature);
+            ``multilevel`` only when it is ``"exact"``.
         source: where the method came from, for ``mlodsl compile`` ("via", "default", ...).
+        where: where the edge is written (``FILE:LINE:COL``) in a compiled program, for the
+            warnings a method gives while it runs; None for a program built in Python.
+        note: how a default argument was derived, for ``mlodsl compile``
+            ("alpha = the lr of 'classifier'"); empty when nothing was derived.
     """
 
     upper: str
@@ -39,13 +44,20 @@ class Edge:
     method: str = "darts"
     args: dict[str, Any] = field(default_factory=dict, compare=False)
     source: str = field(default="", compare=False)
+    where: str | None = field(default=None, compare=False)  # "FILE:LINE:COL" in a .mlo program
+    note: str = field(default="", compare=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise MLOError(f"edge {self.upper} -> {self.lower}: unknown hypergradient method "
                            f"'{self.method}'")
         # Frozen: the normalised values are set through object.__setattr__ (dataclass idiom).
-        object.__setattr__(self, "args", METHODS[self.method].bind(dict(self.args or {})))
+        args = METHODS[self.method].bind(dict(self.args or {}))
+        # 'multilevel' is the chain's setting, not the method's: kept only when it is not the
+        # default, so that plans and messages show it where it changes something
+        if args.get("multilevel") == "frozen":
+            del args["multilevel"]
+        object.__setattr__(self, "args", args)
         object.__setattr__(self, "every", int(self.every))
         object.__setattr__(self, "warmup", int(self.warmup))
 

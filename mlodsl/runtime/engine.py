@@ -178,6 +178,12 @@ class Engine:
         edge = self._hierarchy.edge_for(upper, lower)
         return edge.method, edge.args
 
+    def edge_label(self, upper: str, lower: str) -> str:
+        """Where the edge :meth:`method_for` uses is written (``FILE:LINE:COL``), for messages;
+        ``edge 'upper' -> 'lower'`` for a program built in Python."""
+        edge = self._hierarchy.edge_for(upper, lower)
+        return edge.where or f"edge '{edge.upper}' -> '{edge.lower}'"
+
     def is_unrolled(self, name: str) -> bool:
         """Whether ``name``'s steps are taken differentiably for an upper to unroll through."""
         return self._hierarchy.is_unrolled(name)

@@ -139,7 +139,25 @@ class CompiledProblem(ImplicitProblem):
 
     def training_step(self, batch: Any) -> Any:
         """The loss on one batch (the fx graph, or the user's callable)."""
-        return self.loss_fn(batch)
+        return self._one_number(self.loss_fn(batch))
+
+    def _one_number(self, out: Any) -> Any:
+        """``out`` when the loss is one number (or a dict with one under 'loss'); else an error
+        at the ``loss`` field, in the language's words (a loss with ``reduction="none"``
+        gives one number per example)."""
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            return out
+        fn = self.loss_fn
+        if isinstance(loss, torch.Tensor):
+            got = f"a tensor of shape {list(loss.shape)}"
+            hint = ("reduce it to one number: .mean() or .sum() around it, or "
+                    "reduction=\"mean\" (reduction=\"none\" keeps one loss per example)")
+        else:
+            got = "nothing under 'loss'" if isinstance(out, Mapping) else type(loss).__name__
+            hint = "the loss expression must give one number (a one-element tensor)"
+        raise fn.sources.error(fn.field.value, f"the loss of '{self.name}' must be one number, "
+                               f"but it gives {got}", hint, kind="run")
 
     @property
     def compiles(self) -> bool:
@@ -151,8 +169,8 @@ class CompiledProblem(ImplicitProblem):
     def first_order_training_step(self, batch: Any) -> Any:
         """The loss graph through torch.compile when the engine says ``compile = True``."""
         if self.compiles:
-            return self.loss_fn(batch, compiled=True)
-        return self.loss_fn(batch)
+            return self._one_number(self.loss_fn(batch, compiled=True))
+        return self._one_number(self.loss_fn(batch))
 
     def target_loss(self, batch: Any, targets: tuple[str, ...]) -> torch.Tensor | None:
         """The loss graph's gradient slice for ``targets`` on ``batch`` (None: no slice).
@@ -172,9 +190,11 @@ class PlanEngine(Engine):
     """The runtime's engine with the program's ``validate`` expression as its validation."""
 
     def __init__(self, *args: Any, validate: Callable[[Mapping[str, Any]], Any] | None = None,
-                 validate_node: Any = None, sources: SourceMap | None = None, **kwargs: Any):
+                 validate_node: Any = None, sources: SourceMap | None = None,
+                 early_stop_node: Any = None, **kwargs: Any):
         self._validate_fn = validate
         self._validate_node = validate_node
+        self._early_stop_node = early_stop_node
         self._sources = sources
         super().__init__(*args, **kwargs)
 
@@ -195,7 +215,26 @@ class PlanEngine(Engine):
                     f"'{k}' is a {type(v).__name__}", kind="run")
             stats[str(k)] = v
         self._default_metrics(stats)
+        self._check_early_stop_metric(stats)
         return stats
+
+    def _check_early_stop_metric(self, stats: dict) -> None:
+        """The metric ``early_stop`` watches is one that ``validate`` gives, or an error at the
+        ``early_stop`` field (the checker catches this before running when ``validate`` is a
+        ``dict(...)``; a function's keys are known only now)."""
+        metric = self.config.early_stopping_metric
+        if not self.config.early_stopping or metric in stats or self._early_stop_node is None:
+            return
+        from mlodsl.diagnostics import did_you_mean
+        named = self.config.explicitly_set("early_stopping_metric")
+        given = ", ".join(f"'{k}'" for k in stats)
+        if named:
+            message = f"'early_stop' watches '{metric}', but 'validate' gives only {given}"
+            hint = did_you_mean(metric, stats) or f"use one of {given}"
+        else:
+            message = f"'early_stop' names no metric, and 'validate' gives several: {given}"
+            hint = f"name one: early_stop = dict(metric=\"{next(iter(stats))}\", ...)"
+        raise self._sources.error(self._early_stop_node, message, hint, kind="run")
 
     def _default_metrics(self, stats: dict) -> None:
         """Early stopping and ReduceLROnPlateau watch the only metric when none was named."""

@@ -60,7 +60,7 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         problems = {p.name: objects.build_problem(k, p)
                     for k, p in enumerate(program.problems)}
         losses = {p.name: objects.build_loss(p, problems) for p in program.problems}
-        edges = plan_edges(program, objects)
+        edges = plan_edges(program, objects, problems)
         settings = engine_settings(objects, seed)
         validate, node = objects.validate_function(problems)
     levels = program_levels(program)
@@ -70,10 +70,12 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         file=program.file, problems={n: problems[n] for n in by_level}, order=order,
         levels=dict(levels), edges=edges, losses={n: losses[n] for n in by_level},
         engine_settings=settings, search_path=path, sources=sources, validate=validate,
-        validate_node=node, warnings=objects.warnings, descriptions=objects.descriptions)
+        validate_node=node, early_stop_node=early_stop_node(objects),
+        warnings=objects.warnings, descriptions=objects.descriptions)
 
 
-def plan_edges(program: ir.Program, objects: Instantiator) -> list[Edge]:
+def plan_edges(program: ir.Program, objects: Instantiator,
+               problems: dict[str, Any]) -> list[Edge]:
     """The runtime's edge for every ``depends`` edge of the IR, with its method: ``via``, else
     the upper's ``hypergrad``, else the engine's, else ``darts()``; ``source`` says which."""
     out = []
@@ -89,9 +91,61 @@ def plan_edges(program: ir.Program, objects: Instantiator) -> list[Edge]:
                 choice, source = objects.method(engine_hg.value), "engine hypergrad"
             else:
                 choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
-            out.append(Edge(p.name, e.target, every=e.every or 1, method=choice.name,
-                            args=choice.args, source=source))
+            args, note = dict(choice.args), ""
+            if choice.name == "neumann" and "alpha" not in choice.given:
+                args["alpha"], note = neumann_alpha(problems[e.target])
+            out.append(Edge(p.name, e.target, every=every(objects, p, e), method=choice.name,
+                            args=args, source=source, where=edge_position(objects.sources, e),
+                            note=note))
     return out
+
+
+def every(objects: Instantiator, p: ir.Problem, e: ir.Edge) -> int:
+    """An edge's ``every``: any integer expression (a literal, a ``let``, ``2 * k``) >= 1."""
+    if e.every is None:
+        return 1
+    value = objects.interp(f"'every' of '{p.name} depends {e.target}'").run(e.every)
+    if hasattr(value, "numel") and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()  # a one-element integer tensor
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise objects.sources.error(e.every, f"'every' of '{p.name} depends {e.target}' must "
+                                    f"be an integer >= 1, got {value!r}",
+                                    f"'every N' lets '{e.target}' step N times per step of "
+                                    f"'{p.name}'")
+    return value
+
+
+def neumann_alpha(lower: Any) -> tuple[float, str]:
+    """``neumann``'s default step in a ``.mlo`` program: the lower's learning rate.
+
+    The series converges for ``alpha < 2 / lambda_max(H)``, and gradient descent on the
+    lower is stable under the same condition on its learning rate, so a lower that trains
+    with SGD at ``lr`` makes ``alpha = lr`` safe. (Python programs keep ``Config``'s 1.0.)
+    """
+    try:
+        lr = float(lower.optimizer.param_groups[0]["lr"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return METHODS["neumann"].bind({})["alpha"], ""
+    return lr, f"alpha = the lr of '{lower.name}'"
+
+
+def edge_position(sources: SourceMap, e: ir.Edge) -> str:
+    """``FILE:LINE:COL`` of an edge: its ``via`` method when it has one, else its target."""
+    if e.method is not None:
+        return f"{sources.file_of(e.method)}:{e.method.span.line}:{e.method.span.column}"
+    return f"{sources.file_of(e)}:{e.target_span.line}:{e.target_span.column}"
+
+
+def early_stop_node(objects: Instantiator) -> Any:
+    """Where ``early_stop`` names its metric (``metric="acc"``), else the field's value."""
+    f = objects.field("early_stop")
+    if f is None:
+        return None
+    if isinstance(f.value, ir.Call):
+        for kw in f.value.kwargs:
+            if kw.name == "metric":
+                return kw.value
+    return f.value
 
 
 def engine_settings(objects: Instantiator, seed: int | None) -> dict[str, Any]:

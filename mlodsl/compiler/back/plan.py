@@ -16,6 +16,9 @@ Example::
 """
 from __future__ import annotations
 
+import os
+import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -66,6 +69,10 @@ class ExecutionPlan:
     warnings: list[Diagnostic] = field(default_factory=list)
     descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
     engine: PlanEngine | None = None
+    early_stop_node: Any = None  # the early_stop field's metric (or value), for messages
+    overrides: list[str] = field(default_factory=list)  # as written (for the summary)
+    summary: dict | None = None  # the results of the last run() (mlodsl.runtime.summary)
+    seconds: float = 0.0  # wall time spent in run(), all calls together
 
     # -- what it is ---------------------------------------------------------------------------
     def schedule(self) -> Schedule:
@@ -91,7 +98,8 @@ class ExecutionPlan:
                             if show_graphs and self.losses[n].graph is not None else {})},
             } for n in self.problems],
             "edges": [{"upper": e.upper, "lower": e.lower, "every": e.every, "method": e.method,
-                       "args": e.args, "method_from": e.source} for e in self.edges],
+                       "args": e.args, "method_from": e.source,
+                       **({"note": e.note} if e.note else {})} for e in self.edges],
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
             "warnings": [d.headline() for d in self.warnings],
@@ -118,7 +126,7 @@ class ExecutionPlan:
             lines.append("  (none: a single-level program)")
         for e in self.edges:
             lines.append(f"  {e.upper} depends {e.lower} every {e.every} via {e.call()}"
-                         f"   [method from {e.source}]")
+                         f"   [method from {e.source}{'; ' + e.note if e.note else ''}]")
         lines += ["", "schedule:"] + ["  " + s for s in self.schedule().describe().splitlines()]
         lines += ["", "losses:"]
         for n, info in self.losses.items():
@@ -153,7 +161,8 @@ class ExecutionPlan:
             self.engine = PlanEngine(
                 config=config, problems=[self.problems[n] for n in self.order],
                 edges=self.edges, validate=self.validate,
-                validate_node=self.validate_node, sources=self.sources)
+                validate_node=self.validate_node, sources=self.sources,
+                early_stop_node=self.early_stop_node)
         self.engine.history.console = console
         for n, info in self.losses.items():  # tensor constants of the graphs, too
             if info.graph is not None:
@@ -173,10 +182,42 @@ class ExecutionPlan:
                 raise MLOError(f"iterations must be an integer >= 0, got {iterations!r}")
             engine.config.train_iters = iterations
         from mlodsl.compiler.back.resolve import on_path
-        with on_path(self.search_path):
-            engine.run()
-            engine.finish()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            with on_path(self.search_path):
+                engine.run()
+                engine.finish()
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            self.seconds += time.perf_counter() - start
+            self._record_summary(error)
         return engine.history.records
+
+    def _record_summary(self, error: BaseException | None) -> None:
+        """Build :attr:`summary` and, with a run folder, write it there, in every ending.
+
+        A failure to write is a warning: it must never hide how the run itself ended.
+        """
+        from mlodsl.compiler.back.interpret import describe_exception
+        from mlodsl.runtime import distributed as dist
+        from mlodsl.runtime.summary import build_summary, ending, write_summary
+
+        engine = self.engine
+        status, message = ending(engine, error)
+        try:
+            self.summary = build_summary(
+                engine, status=status, message=message, seconds=self.seconds,
+                program=self.file if self.file.startswith("<") else os.path.abspath(self.file),
+                overrides=self.overrides, run_dir=engine.config.run_dir,
+                checkpoints=engine.config.checkpoint_dir)
+            if engine.config.run_dir and dist.is_main():
+                write_summary(engine.config.run_dir, self.summary)
+        except Exception as err:  # noqa: BLE001 - reported, never raised over the run's end
+            warnings.warn(f"could not write the run's summary: {describe_exception(err)}",
+                          RuntimeWarning, stacklevel=3)
 
     def final_validation(self) -> dict | None:
         """The last validation metrics of the run, or None."""

@@ -179,9 +179,11 @@ class _ModuleSpan:
 class MethodChoice:
     """A hypergradient method with its bound arguments, e.g. ``darts(alpha=0.01)``."""
 
-    def __init__(self, name: str, args: Mapping[str, Any]):
+    def __init__(self, name: str, args: Mapping[str, Any], given: Any = None):
         self.name = name
         self.args = dict(args)
+        # the arguments the program wrote (the rest are defaults, which lowering may refine)
+        self.given = frozenset(self.args if given is None else given)
 
     def __repr__(self) -> str:
         return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
@@ -192,7 +194,9 @@ def _method_factory(name: str):
 
     def make(*args: Any, **kwargs: Any) -> MethodChoice:
         try:
-            return MethodChoice(name, sig.bind(kwargs, tuple(args)))
+            bound = sig.bind(kwargs, tuple(args))
+            positional = [a.name for a in sig.arguments[:len(args)]]
+            return MethodChoice(name, bound, given={*kwargs, *positional})
         except BadMethodArgument as err:
             raise ValueError(str(err)) from None
 

@@ -191,9 +191,8 @@ class IRBuilder(Transformer):
         while i < len(children):
             c = children[i]
             if isinstance(c, Token) and c.type == "EVERY":
-                tok = children[i + 1]
-                every = self._int(tok)
-                every_span = token_span(tok)
+                every = children[i + 1]
+                every_span = every.span
                 i += 2
             elif isinstance(c, Token) and c.type == "VIA":
                 method = children[i + 1]

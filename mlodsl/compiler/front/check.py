@@ -27,7 +27,8 @@ from mlodsl.compiler import ir
 from mlodsl.compiler.front.graph import back_edges, reachable_all, reverse
 from mlodsl.compiler.front.graph import levels as _graph_levels
 from mlodsl.compiler.front.names import BUILTINS
-from mlodsl.compiler.front.values import UNKNOWN, check_method, check_value, literal_value
+from mlodsl.compiler.front.values import (UNKNOWN, _via_let, check_method, check_value,
+                                          literal_value)
 from mlodsl.diagnostics import Diagnostic, Span, did_you_mean
 from mlodsl.settings import ENGINE_FIELDS, PROBLEM_FIELDS, Setting
 
@@ -76,9 +77,20 @@ def dependency_graph(program: ir.Program):
         g.add_node(name, problem=problems[name])
     for upper, lowers in graph.items():
         for lower, e in zip(lowers, edges[upper]):
-            g.add_edge(upper, lower, every=e.every if e.every is not None else 1,
-                       method=e.method, edge=e)
+            g.add_edge(upper, lower, every=static_every(e, program), method=e.method, edge=e)
     return g
+
+
+def static_every(edge: ir.Edge, program: ir.Program) -> int | str:
+    """An edge's ``every`` as an int when it is known statically (a literal or a ``let`` bound
+    to one; 1 when absent), else its source text (``2 * k``)."""
+    if edge.every is None:
+        return 1
+    value = literal_value(edge.every, {let.name: let for let in program.lets})
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    from mlodsl.compiler.front.fmt import format_expr
+    return format_expr(edge.every)
 
 
 def levels(program: ir.Program) -> dict[str, int]:
@@ -163,6 +175,7 @@ class _Checker:
             self.check_problem(p)
         for e in self.program.engines:
             self.check_block(e.fields, ENGINE_FIELDS, "the engine", "engine", e.span)
+            self.check_early_stop(e)
         self.check_graph()
         self.check_modules()
         self.check_reads()
@@ -238,9 +251,8 @@ class _Checker:
             elif e.target in seen:
                 self.error(e.target_span, f"'{p.name}' depends on '{e.target}' twice")
             seen.add(e.target)
-            if e.every is not None and e.every < 1:
-                self.error(e.every_span, f"'every' must be >= 1, got {e.every}",
-                           f"'every N' lets '{e.target}' step N times per step of '{p.name}'")
+            if e.every is not None:
+                self.check_every(p, e)
             if e.method is not None:
                 check_method(e.method, self.lets, self.error)
                 for arg in _method_arguments(e.method):
@@ -249,6 +261,20 @@ class _Checker:
         if hg is not None and not p.edges:
             self.warning(hg.name_span, f"'hypergrad' of '{p.name}' has no effect: "
                          f"'{p.name}' depends on nothing")
+
+    def check_every(self, p: ir.Problem, e: ir.Edge):
+        """``every EXPR``: names in scope (lets, imports, built-ins), an integer >= 1 when known."""
+        self.check_names(e.every, _Scope(self))
+        value = literal_value(e.every, self.lets)
+        hint = f"'every N' lets '{e.target}' step N times per step of '{p.name}'"
+        if value is UNKNOWN:
+            return  # an expression: checked when the program is compiled
+        via = _via_let(e.every, self.lets)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.error(e.every_span, f"'every' must be an integer, got {value!r}",
+                       via or hint)
+        elif value < 1:
+            self.error(e.every_span, f"'every' must be >= 1, got {value}", via or hint)
 
     def check_block(self, fields: tuple[ir.Field, ...], table: dict[str, Setting],
                     where: str, kind: str, at: Span, problem: ir.Problem | None = None):
@@ -286,6 +312,22 @@ class _Checker:
         for name, spec in table.items():
             if spec.required and name not in seen and name not in guessed:
                 self.error(at, f"{where} is missing the required field '{name}'", spec.doc)
+
+    def check_early_stop(self, engine: ir.Engine):
+        """``early_stop``'s metric is one that ``validate`` gives, when both are spelled out:
+        ``validate = dict(acc=..., loss=...)`` and ``early_stop = dict(metric="acc")``."""
+        stop, validate = engine.field("early_stop"), engine.field("validate")
+        if stop is None or not isinstance(stop.value, ir.Call):
+            return
+        metric = next((kw for kw in stop.value.kwargs if kw.name == "metric"), None)
+        keys = _dict_keys(validate.value) if validate is not None else None
+        if metric is None or keys is None:
+            return  # validate is a function call: its keys are checked at the first validation
+        name = literal_value(metric.value, self.lets)
+        if isinstance(name, str) and name not in keys:
+            given = ", ".join(f"'{k}'" for k in keys)
+            self.error(metric.value.span, f"'early_stop' watches '{name}', but 'validate' gives "
+                       f"only {given}", did_you_mean(name, keys) or f"use one of {given}")
 
     def check_params(self, f: ir.Field, problem: ir.Problem | None) -> tuple[str, ...]:
         seen: set[str] = set()
@@ -500,6 +542,16 @@ class _Checker:
                             break
 
 
+def _dict_keys(expr: ir.Expr) -> list[str] | None:
+    """The keys of ``dict(a=..., b=...)`` (a number gives ``metric``); None when unknown."""
+    if isinstance(expr, ir.Call) and isinstance(expr.func, ir.Name) and expr.func.name == "dict" \
+            and not expr.args:
+        return [kw.name for kw in expr.kwargs]
+    if isinstance(expr, ir.Constant) and isinstance(expr.value, (int, float)):
+        return ["metric"]
+    return None
+
+
 def _method_arguments(expr: ir.Expr) -> list[ir.Expr]:
     """The argument expressions of a method call like ``neumann(iterations=n)``."""
     if isinstance(expr, ir.Call) and isinstance(expr.func, ir.Name):
@@ -550,6 +602,12 @@ class _Scope:
                           "problem names are in scope in problem and engine fields only")
         else:
             hint = did_you_mean(name, self.candidates())
+            close = hint.split("'")[1] if hint else None
+            if close in checker.imported and close not in checker.lets:
+                # The import may be the typo (the module has 'name', the import says 'close'):
+                # `mlodsl compile` resolves the import to tell; here, name both fixes.
+                hint = (f"did you mean '{close}'? (or, if the module defines '{name}', fix the "
+                        f"import at line {checker.imported[close].line})")
             if hint is None and name == "torch":
                 hint = "add 'import torch'"
             checker.error(node.span, f"unknown name '{name}'", hint)

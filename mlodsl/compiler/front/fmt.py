@@ -140,7 +140,7 @@ def _import(i: ir.Import) -> str:
 def _edge(e: ir.Edge) -> str:
     text = e.target
     if e.every is not None:
-        text += f" every {e.every}"
+        text += f" every {format_expr(e.every)}"
     if e.method is not None:
         text += f" via {format_expr(e.method)}"
     return text

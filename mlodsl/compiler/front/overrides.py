@@ -5,7 +5,11 @@ An override replaces a piece of the program's IR before it is checked and lowere
 * ``engine.iterations=100`` - a field of the engine (added when absent);
 * ``classifier.batch_size=32`` - a field of a problem (added when absent);
 * ``hpo.optimizer.lr=1e-4`` - one keyword argument of a field whose value is a call;
-* ``batch=32`` - a ``let``.
+* ``batch=32`` - a ``let``;
+* ``hpo.every=5``, ``hpo.via=neumann(iterations=5)`` - every ``depends`` edge of ``hpo``;
+  ``hpo.classifier.every=5`` - the edge ``hpo depends classifier`` only;
+* ``classifier.scheduler=None`` - clears an optional field (``hpo.via=None`` an edge's ``via``,
+  ``hpo.every=None`` its ``every``).
 
 The value is parsed with :func:`~mlodsl.compiler.front.parse.parse_expression` and the whole program
 is checked again, so a bad override gets the same diagnostics as bad source; they point into
@@ -31,7 +35,7 @@ from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
 from mlodsl.settings import ENGINE_FIELDS, PROBLEM_FIELDS
 
 __all__ = ["Override", "parse_override", "override_from_value", "apply_overrides",
-           "relocate"]
+           "relocate", "shadowed_hypergrads", "from_mapping", "error_at"]
 
 _TARGET = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=")
 
@@ -56,6 +60,11 @@ class Override:
 def _error(label: str, text: str, span: Span | None, message: str,
            hint: str | None = None) -> MLOError:
     return MLOError(Diagnostic(label, span, "error", message, hint), sources={label: text})
+
+
+def error_at(o: Override, message: str, hint: str | None = None) -> MLOError:
+    """An error pointing at the target of override ``o`` (rendered with its text)."""
+    return _error(o.label, o.text, o.span, message, hint)
 
 
 def parse_override(text: str, label: str | None = None) -> Override:
@@ -146,12 +155,25 @@ def _apply(program: ir.Program, o: Override, sources: SourceMap) -> ir.Program:
     field_name = o.target[1]
     table = ENGINE_FIELDS if head == "engine" else PROBLEM_FIELDS
     where = "the engine" if head == "engine" else f"problem '{head}'"
+    if head != "engine" and field_name not in table:
+        edge_part = _edge_part(program, o, fail)
+        if edge_part is not None:
+            return _apply_to_edges(program, o, *edge_part)
     if field_name not in table:
-        raise fail(f"unknown field '{field_name}' in {where}", did_you_mean(field_name, table))
+        raise fail(f"unknown field '{field_name}' in {where}",
+                   did_you_mean(field_name, list(table) + (
+                       [] if head == "engine" else list(_EDGE_PARTS))))
     block = program.engine if head == "engine" else program.problem(head)
     if block is None:
         raise fail("the program has no 'engine' block to override")
     old = block.field(field_name)
+    if _is_none(o.value) and len(o.target) == 2:
+        if table[field_name].required:
+            raise fail(f"'{field_name}' of {where} is required: it cannot be cleared with None")
+        fields = tuple(f for f in block.fields if f is not old)
+        new_block = dataclasses.replace(block, fields=fields)
+        items = tuple(new_block if i is block else i for i in program.items)
+        return dataclasses.replace(program, items=items)
     if len(o.target) == 3:
         kw = o.target[2]
         if old is None or not isinstance(old.value, ir.Call):
@@ -180,6 +202,84 @@ def _apply(program: ir.Program, o: Override, sources: SourceMap) -> ir.Program:
     new_block = dataclasses.replace(block, fields=fields)
     items = tuple(new_block if i is block else i for i in program.items)
     return dataclasses.replace(program, items=items)
+
+
+_EDGE_PARTS = ("every", "via")
+
+
+def _is_none(expr: ir.Expr) -> bool:
+    return isinstance(expr, ir.Constant) and expr.value is None
+
+
+def _edge_part(program: ir.Program, o: Override, fail) -> tuple[str, tuple[str, ...]] | None:
+    """For ``P.every``/``P.via`` (every edge of P) and ``P.L.every``/``P.L.via`` (the edge
+    ``P depends L``): ``(part, lowers)``; None when the target names no edge."""
+    problem = program.problem(o.target[0])
+    lowers = tuple(e.target for e in problem.edges)
+    if len(o.target) == 2 and o.target[1] in _EDGE_PARTS:
+        if not lowers:
+            raise fail(f"'{problem.name}' depends on nothing: it has no edge to set "
+                       f"'{o.target[1]}' on")
+        return o.target[1], lowers
+    if len(o.target) == 3 and o.target[1] in lowers:
+        if o.target[2] not in _EDGE_PARTS:
+            raise fail(f"an edge has 'every' and 'via', not '{o.target[2]}'",
+                       did_you_mean(o.target[2], _EDGE_PARTS))
+        return o.target[2], (o.target[1],)
+    if len(o.target) == 3 and o.target[1] not in PROBLEM_FIELDS and lowers:
+        raise fail(f"'{problem.name}' has no field or edge '{o.target[1]}'",
+                   did_you_mean(o.target[1], list(PROBLEM_FIELDS) + list(lowers)))
+    return None
+
+
+def _apply_to_edges(program: ir.Program, o: Override, part: str,
+                    lowers: tuple[str, ...]) -> ir.Program:
+    """Set (or, with None, clear) ``every`` or ``via`` on the named edges of problem P."""
+    problem = program.problem(o.target[0])
+    value = None if _is_none(o.value) else o.value
+    edges = []
+    for e in problem.edges:
+        if e.target in lowers:
+            if part == "every":
+                e = dataclasses.replace(e, every=value,
+                                        every_span=o.value.span if value is not None
+                                        else ir.NO_SPAN)
+            else:
+                e = dataclasses.replace(e, method=value)
+        edges.append(e)
+    new = dataclasses.replace(problem, edges=tuple(edges))
+    items = tuple(new if i is problem else i for i in program.items)
+    return dataclasses.replace(program, items=items)
+
+
+def shadowed_hypergrads(program: ir.Program, overrides: Iterable[Override]) -> list[Diagnostic]:
+    """Warnings for ``--set P.hypergrad=...`` / ``engine.hypergrad`` that some edges ignore.
+
+    An edge's method is its ``via``, else its problem's ``hypergrad``, else the engine's: an
+    override of a ``hypergrad`` does not reach an edge that decides earlier in that order.
+    """
+    out = []
+    for o in overrides:
+        if len(o.target) != 2 or o.target[1] != "hypergrad":
+            continue
+        head = o.target[0]
+        problems = program.problems if head == "engine" else \
+            [p for p in program.problems if p.name == head]
+        missed = []
+        for p in problems:
+            for e in p.edges:
+                if e.method is not None:
+                    missed.append(f"'{p.name} depends {e.target}' (its 'via')")
+                elif head == "engine" and p.field("hypergrad") is not None:
+                    missed.append(f"'{p.name} depends {e.target}' ('hypergrad' of '{p.name}')")
+        if missed:
+            first = missed[0].split("'")[1].split(" depends ")
+            out.append(Diagnostic(
+                o.label, o.span, "warning",
+                f"'{'.'.join(o.target)}' does not change " + ", ".join(missed)
+                + ": a method set closer to the edge wins",
+                f"override the edge itself: --set {first[0]}.{first[1]}.via=..."))
+    return out
 
 
 def _with_sources(err: MLOError, sources: SourceMap) -> MLOError:

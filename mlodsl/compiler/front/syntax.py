@@ -6,6 +6,8 @@ can guess, a hint (an unclosed bracket, a keyword used as a name).
 """
 from __future__ import annotations
 
+import re
+
 from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
@@ -83,10 +85,38 @@ def _printable(ch: str) -> str:
     return repr(ch)
 
 
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_LAMBDA = re.compile(rf"\blambda\s*(?:{_NAME}\s*(?:,\s*{_NAME}\s*)*)?$")  # and its parameters
+_LAMBDA_HINT = "define the function in a Python module and import it (from parts import my_fn)"
+
+
+def _lambda_before(text: str, pos: int) -> int | None:
+    """The offset of a ``lambda`` (with its parameters) that ends just before ``pos``."""
+    if not isinstance(pos, int) or pos < 0:
+        return None
+    m = _LAMBDA.search(text[max(0, pos - 200):pos])
+    return None if m is None else max(0, pos - 200) + m.start()
+
+
+def _lambda_diagnostic(file: str, text: str, pos: int) -> Diagnostic | None:
+    start = _lambda_before(text, pos)
+    if start is None:
+        return None
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    return Diagnostic(file, Span(line, column, line, column + len("lambda")), "error",
+                      "a lambda is not part of .mlo expressions", _LAMBDA_HINT)
+
+
 def syntax_diagnostic(err: UnexpectedInput, file: str, text: str,
                       open_brackets: list[Token]) -> Diagnostic:
     """One diagnostic for a Lark parse error, located at the offending token or character."""
     hint = None
+    pos = err.pos_in_stream if isinstance(err, UnexpectedCharacters) else \
+        getattr(getattr(err, "token", None), "start_pos", None)
+    found = _lambda_diagnostic(file, text, pos)
+    if found is not None:
+        return found
     if isinstance(err, UnexpectedCharacters):
         line, col = err.line, err.column
         ch = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else ""

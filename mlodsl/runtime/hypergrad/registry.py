@@ -57,6 +57,22 @@ class HypergradRequest:
     upper_loss: torch.Tensor | None = None
     state: dict = field(default_factory=dict)
 
+    def watching(self, check: str) -> bool:
+        """Whether this call should run the self-check ``check`` (a diverging series, say):
+        until the edge has warned for it (``state[check + "_warned"]``), on the edge's first
+        10 calls and every 10th after. A check costs one host synchronisation; one that starts
+        to fail late in training is still caught within 10 upper steps."""
+        if self.state.get(f"{check}_warned"):
+            return False
+        calls = self.state[f"{check}_calls"] = int(self.state.get(f"{check}_calls", 0)) + 1
+        return calls <= 10 or calls % 10 == 0
+
+    def where(self) -> str:
+        """The edge's position for messages: ``FILE:LINE:COL`` of its ``.mlo`` source when the
+        program was compiled, else ``edge 'upper' -> 'lower'``."""
+        upper = getattr(self.upper, "name", self.upper)
+        return self.engine.edge_label(upper, self.lower.name)
+
     # -- what methods evaluate -----------------------------------------------------------
     def full_precision(self):
         """A block whose loss evaluations skip mixed precision's autocast (they run in the

@@ -29,10 +29,8 @@ engine { iterations = 2 %s }
 def test_method_rule_via_then_hypergrad_then_engine_then_darts():
     plan = _compile(METHOD_RULE % "; hypergrad = first_order()")
     got = {e.upper: (e.method, e.args, e.source, e.every) for e in plan.edges}
-    assert got["u1"] == ("neumann", {"iterations": 3, "alpha": 1.0, "multilevel": "frozen"},
-                         "via", 1)
-    assert got["u2"] == ("cg", {"iterations": 2, "alpha": 1.0, "tol": 0.0, "multilevel": "frozen"},
-                         "hypergrad of 'u2'", 1)
+    assert got["u1"] == ("neumann", {"iterations": 3, "alpha": 0.1}, "via", 1)  # alpha: the lr of a
+    assert got["u2"] == ("cg", {"iterations": 2, "alpha": 1.0, "tol": 0.0}, "hypergrad of 'u2'", 1)
     assert got["u3"] == ("first_order", {}, "engine hypergrad", 2)
     plan = _compile(METHOD_RULE % "")
     assert {e.upper: e.method for e in plan.edges}["u4"] == "darts"

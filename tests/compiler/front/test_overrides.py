@@ -86,5 +86,6 @@ def test_compile_json_lists_the_plan(capsys):
     assert plan["problems"][0]["loss"]["reads"] == ["inner", "outer"]
     assert "def forward(self, x, y)" in plan["problems"][0]["loss"]["code"]
     assert plan["edges"] == [{"upper": "outer", "lower": "inner", "every": 1, "method": "neumann",
-                              "args": {"iterations": 2, "alpha": 1.0, "multilevel": "frozen"},
-                              "method_from": "engine hypergrad"}]
+                              "args": {"iterations": 2, "alpha": 0.1},  # the lr of 'inner'
+                              "method_from": "engine hypergrad",
+                              "note": "alpha = the lr of 'inner'"}]

@@ -41,7 +41,7 @@ def test_spans_point_at_the_source():
     net = prog.problem("net")
     assert net.name_span == Span(2, 9, 2, 12)
     assert net.edges[0].target_span == Span(2, 21, 2, 22)
-    assert net.edges[0].every == 3 and net.edges[0].every_span == Span(2, 29, 2, 30)
+    assert net.edges[0].every == ir.Constant(3) and net.edges[0].every_span == Span(2, 29, 2, 30)
     module = net.field("module")
     assert module.name_span == Span(3, 3, 3, 9)
     assert module.value.span == Span(3, 12, 3, 18)
