@@ -27,6 +27,8 @@ _LAZY = {
     "Problem": ("mlodsl.runtime.problem", "Problem"),
     "ImplicitProblem": ("mlodsl.runtime.problem", "ImplicitProblem"),
     "IterativeProblem": ("mlodsl.runtime.problem", "IterativeProblem"),
+    "HigherIterativeProblem": ("mlodsl.runtime.problem", "HigherIterativeProblem"),
+    "Env": ("mlodsl.envs", "Env"),
     "Config": ("mlodsl.runtime.config", "Config"),
     "EngineConfig": ("mlodsl.runtime.config", "EngineConfig"),
     "Engine": ("mlodsl.runtime.engine", "Engine"),

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Argument", "MethodSignature", "METHODS", "MULTILEVEL_MODES", "BadMethodArgument"]
+__all__ = ["Argument", "MethodSignature", "METHODS", "MULTILEVEL_MODES", "BadMethodArgument",
+           "method_field", "EXTRA_METHOD_FIELDS"]
 
 
 class BadMethodArgument(ValueError):
@@ -191,3 +192,21 @@ METHODS: dict[str, MethodSignature] = {
         ),
     ]
 }
+
+
+#: The ``Config`` fields that set method arguments without Betty's ``<method>_`` spelling.
+EXTRA_METHOD_FIELDS: dict[str, dict[str, str]] = {
+    "cg": {"tol": "cg_tol"}, "unroll": {"checkpoint": "unroll_checkpoint"},
+    "reinforce": {"baseline_decay": "reinforce_baseline_decay"}}
+
+
+def method_field(method: str, argument: str) -> str | None:
+    """The ``Config`` field that sets ``method``'s ``argument`` (None when there is none).
+
+    >>> method_field("neumann", "iterations"), method_field("cg", "tol")
+    ('neumann_iterations', 'cg_tol')
+    """
+    arg = METHODS[method].argument(argument)
+    if arg is not None and arg.config_field:
+        return arg.config_field
+    return EXTRA_METHOD_FIELDS.get(method, {}).get(argument)

@@ -1,4 +1,5 @@
 """The seed's import path: ``from mlodsl.problems import ImplicitProblem, IterativeProblem``."""
-from mlodsl.runtime.problem import ImplicitProblem, IterativeProblem, Problem
+from mlodsl.runtime.problem import (HigherIterativeProblem, ImplicitProblem, IterativeProblem,
+                                    Problem)
 
-__all__ = ["Problem", "ImplicitProblem", "IterativeProblem"]
+__all__ = ["Problem", "ImplicitProblem", "IterativeProblem", "HigherIterativeProblem"]

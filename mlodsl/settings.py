@@ -36,8 +36,8 @@ from mlodsl.methods import METHODS, MULTILEVEL_MODES
 
 __all__ = ["Rule", "Setting", "SettingError", "PROBLEM_FIELDS", "ENGINE_FIELDS",
            "CONFIG_SETTINGS", "ENGINE_CONFIG_SETTINGS", "EARLY_STOP_KEYS", "required_fields",
-           "choice",
-           "POSITIVE_INT", "NONNEG_INT", "POSITIVE_NUMBER", "BOOL", "STRING", "PRECISION",
+           "choice", "CONFIG_ROLES", "CONFIG_FIELD_TWINS", "CONFIG_ALIASES",
+           "POSITIVE_INT", "NONNEG_NUMBER", "INT", "UNIT_INTERVAL", "NONNEG_INT", "POSITIVE_NUMBER", "BOOL", "STRING", "PRECISION",
            "ON_NAN", "EARLY_STOP_MODE", "MULTILEVEL", "METHOD_NAME"]
 
 
@@ -92,6 +92,9 @@ def _is_number(v: Any) -> bool:
 POSITIVE_INT = Rule("a positive integer", lambda v: _is_int(v) and v >= 1)
 NONNEG_INT = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
 POSITIVE_NUMBER = Rule("a number > 0", lambda v: _is_number(v) and v > 0)
+NONNEG_NUMBER = Rule("a number >= 0", lambda v: _is_number(v) and v >= 0)
+INT = Rule("an integer", _is_int)
+UNIT_INTERVAL = Rule("a number from 0 to 1", lambda v: _is_number(v) and 0 <= v <= 1)
 BOOL = Rule("True or False", lambda v: isinstance(v, bool))
 STRING = Rule("a string", lambda v: isinstance(v, str))
 
@@ -204,35 +207,59 @@ EARLY_STOP_KEYS: dict[str, Setting] = _table(
 # ----------------------------------------------------------------------------- the runtime
 
 CONFIG_SETTINGS: dict[str, Setting] = _table(
-    Setting("type", "hypergradient method of the edges to this problem's lowers",
-            METHOD_NAME, "darts"),
+    Setting("type", "hypergradient method of the edges between this problem and its "
+            "lowers/uppers", METHOD_NAME, "darts"),
     Setting("unroll_steps", "lower steps per upper step ('step' is an alias)", POSITIVE_INT, 1),
-    Setting("first_order", "unroll: drop second-order terms", None, True),
+    Setting("first_order", "unroll: drop second-order terms", BOOL, True),
     Setting("retain_graph", "keep the graph after backward", None, False),
     Setting("allow_unused", "parameters the loss does not use get no gradient", None, True),
-    Setting("gradient_accumulation", "batches accumulated per step", POSITIVE_INT, 1),
-    Setting("gradient_clipping", "max gradient norm (0: no clipping)", None, 0.0),
+    Setting("gradient_accumulation", "Betty's: one batch per step, an update every k-th step",
+            POSITIVE_INT, 1),
+    Setting("gradient_clipping", "max gradient norm (0: no clipping)", NONNEG_NUMBER, 0.0),
     Setting("precision", "this problem's autocast precision", PRECISION, "fp32"),
-    Setting("initial_dynamic_scale", "fp16: the loss scale to start from", None, 4096.0),
-    Setting("scale_factor", "fp16: how the loss scale grows and shrinks", None, 2.0),
-    Setting("warmup_steps", "steps before the upper problems start", None, 0),
-    Setting("log_step", "log every N steps (-1: never)", None, -1),
+    Setting("initial_dynamic_scale", "fp16: the loss scale to start from", POSITIVE_NUMBER,
+            4096.0),
+    Setting("scale_factor", "fp16: how the loss scale grows and shrinks", POSITIVE_NUMBER, 2.0),
+    Setting("warmup_steps", "steps before the upper problems start", NONNEG_INT, 0),
+    Setting("log_step", "log every N steps (-1: never)", INT, -1),
     Setting("log_local_step", "log the problem's own step count", None, False),
-    Setting("darts_alpha", "darts: finite-difference radius", None, 0.01),
+    Setting("darts_alpha", "darts: finite-difference radius", POSITIVE_NUMBER, 0.01),
     Setting("darts_multitask", "Betty's multitask darts (accepted, unused)", None, False),
-    Setting("sama_adam_alpha", "sama: finite-difference radius", None, 1.0),
+    Setting("sama_adam_alpha", "sama: finite-difference radius", POSITIVE_NUMBER, 1.0),
     Setting("sama_multitask", "Betty's multitask sama (accepted, unused)", None, False),
-    Setting("neumann_iterations", "neumann: terms of the series", None, 1),
-    Setting("neumann_alpha", "neumann: step of the series", None, 1.0),
-    Setting("cg_iterations", "cg: iterations", None, 1),
-    Setting("cg_alpha", "cg: scale of the linear system", None, 1.0),
+    Setting("neumann_iterations", "neumann: terms of the series", POSITIVE_INT, 1),
+    Setting("neumann_alpha", "neumann: step of the series", POSITIVE_NUMBER, 1.0),
+    Setting("cg_iterations", "cg: iterations", POSITIVE_INT, 1),
+    Setting("cg_alpha", "cg: scale of the linear system", POSITIVE_NUMBER, 1.0),
     # mlodsl extensions
-    Setting("cg_tol", "cg: relative residual to stop at (0: never)", None, 0.0),
-    Setting("unroll_checkpoint", "unroll: recompute the steps in backward", None, False),
-    Setting("reinforce_baseline_decay", "reinforce: decay of the reward baseline", None, 0.9),
+    Setting("cg_tol", "cg: relative residual to stop at (0: never)", NONNEG_NUMBER, 0.0),
+    Setting("unroll_checkpoint", "unroll: recompute the steps in backward", BOOL, False),
+    Setting("reinforce_baseline_decay", "reinforce: decay of the reward baseline",
+            UNIT_INTERVAL, 0.9),
     Setting("multilevel", 'a middle level\'s Jacobian: "frozen" (its own loss) or "exact" '
             "(its total objective, the levels below responding)", MULTILEVEL, "frozen"),
 )
+
+#: What each ``Config`` setting governs, for the ``.mlo`` header ``problem P <key=value>``:
+#: ``"edge"`` (the method, ``every``, warm-up or ``first_order`` of the edges between the
+#: problem and its lowers and uppers), ``"method"`` (an argument of one method) or ``"step"``
+#: (the problem's own steps).
+CONFIG_ROLES: dict[str, str] = {
+    **{name: "step" for name in CONFIG_SETTINGS},
+    **{name: "edge" for name in ("type", "unroll_steps", "first_order", "warmup_steps")},
+    **{arg.config_field: "method" for m in METHODS.values() for arg in m.arguments
+       if arg.config_field and arg.config_field != "first_order"},
+    **{name: "method" for name in ("cg_tol", "unroll_checkpoint", "reinforce_baseline_decay")},
+}
+
+#: ``Config`` settings and the ``.mlo`` problem field with the same job (a header giving both
+#: is checked for agreement).
+CONFIG_FIELD_TWINS: dict[str, str] = {"gradient_clipping": "grad_clip",
+                                      "gradient_accumulation": "grad_accum",
+                                      "log_step": "log_every"}
+
+#: Other spellings of ``Config`` settings: the seed's ``step`` for ``unroll_steps``.
+CONFIG_ALIASES: dict[str, str] = {"step": "unroll_steps"}
 
 ENGINE_CONFIG_SETTINGS: dict[str, Setting] = _table(
     Setting("train_iters", "engine iterations", NONNEG_INT, 50000),

@@ -82,20 +82,23 @@ class ThreeLevelEngine(Engine):
 def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> ThreeLevelEngine:
     """Build the engine of one variant (see the module docstring)."""
     torch.manual_seed(seed)
+    three = variant in ("three_level", "three_level_exact")
     net = Net(SIZES)
     classifier = Classifier(
         name="classifier", module=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM),
-        train_data_loader=make_loader(noisy_digits(), BATCH, seed=seed), config=Config())
+        train_data_loader=make_loader(noisy_digits(), BATCH, seed=seed),
+        # Betty's reading: a lower's Config names the method of the edge above it (reweight's
+        # hypergradient through the classifier); decay's Config speaks for its own edge.
+        config=Config(type="darts") if variant == "two_level" or three else Config())
     problems, u2l, l2u = [classifier], {}, {}
     reweight = decay = None
-    three = variant in ("three_level", "three_level_exact")
     if variant == "two_level" or three:
         weigher = WeightNet(hidden=100)
         reweight = Reweight(name="reweight", module=weigher,
                             optimizer=torch.optim.Adam(weigher.parameters(), lr=META_LR),
                             train_data_loader=make_loader(meta_digits(), 100, seed=seed + 1),
-                            config=Config(type="darts"))
+                            config=Config())
         problems.append(reweight)
         u2l[reweight], l2u[classifier] = [classifier], [reweight]
     if variant == "decay_only" or three:

@@ -22,7 +22,8 @@ from mlodsl.diagnostics import Span
 __all__ = [
     "Node", "Expr", "Name", "Attribute", "Call", "Keyword", "Index", "UnaryOp", "BinOp",
     "Constant", "ListExpr", "TupleExpr", "Comment", "ImportName", "Import", "Let", "Edge",
-    "Field", "Problem", "Engine", "Program", "Item", "iter_expr", "ExprVisitor", "NO_SPAN",
+    "Field", "Setting", "Problem", "Engine", "Program", "Item", "iter_expr", "ExprVisitor",
+    "NO_SPAN",
 ]
 
 #: The span of nodes built by hand (tests, the Python API) rather than parsed.
@@ -299,6 +300,20 @@ class Field:
     param_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One ``key=value`` of a problem's header ``problem P <key=value, ...>``.
+
+    The keys are Betty's ``Config`` fields (:data:`mlodsl.methods.CONFIG_SETTINGS`, plus the
+    seed's ``step``); the checker validates them.
+    """
+
+    name: str
+    value: Expr
+    span: Span = _span()
+    name_span: Span = _span()
+
+
 def _find_field(fields: tuple[Field, ...], name: str) -> Field | None:
     for f in fields:
         if f.name == name:
@@ -308,13 +323,23 @@ def _find_field(fields: tuple[Field, ...], name: str) -> Field | None:
 
 @dataclass(frozen=True)
 class Problem:
-    """``problem name depends edges { fields }``."""
+    """``problem name <settings> depends edges { fields }`` (the header ``<...>`` optional)."""
 
     name: str
     edges: tuple[Edge, ...] = ()
     fields: tuple[Field, ...] = ()
     span: Span = _span()
     name_span: Span = _span()
+    settings: tuple[Setting, ...] = ()
+
+    def setting(self, name: str) -> Setting | None:
+        """The (first) header setting called ``name`` (``step`` answers for
+        ``unroll_steps`` and the other way round), or None."""
+        names = {name, *(("unroll_steps", "step") if name in ("unroll_steps", "step") else ())}
+        for s in self.settings:
+            if s.name in names:
+                return s
+        return None
 
     def field(self, name: str) -> Field | None:
         """The (first) field called ``name``, or None."""
@@ -396,5 +421,5 @@ class Program:
         return None
 
 
-Node = Union[Expr, Keyword, Comment, ImportName, Import, Let, Edge, Field, Problem, Engine,
-             Program]
+Node = Union[Expr, Keyword, Comment, ImportName, Import, Let, Edge, Field, Setting, Problem,
+             Engine, Program]

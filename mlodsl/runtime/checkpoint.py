@@ -42,8 +42,10 @@ _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 # ----------------------------------------------------------------------------- engine state
 
 def can_checkpoint(engine) -> bool:
-    """Whether the engine is between unrolled windows (no fast weights pending)."""
-    return all(not p.unrolled_window.is_open for p in engine.problems.values())
+    """Whether the engine is between unrolled windows (no fast weights pending) and between
+    accumulated updates (no gradients kept for a later update)."""
+    return all(not p.unrolled_window.is_open and not p.has_pending_gradients
+               for p in engine.problems.values())
 
 
 def engine_state(engine) -> dict:
@@ -82,7 +84,8 @@ def save_checkpoint(engine, directory: str | os.PathLike | None = None,
     if directory is None:
         raise MLOError("save_checkpoint needs a directory (or EngineConfig.checkpoint_dir)")
     if not can_checkpoint(engine):
-        raise MLOError("cannot checkpoint in the middle of an unrolled window", kind="run")
+        raise MLOError("cannot checkpoint in the middle of an unrolled window or between "
+                       "accumulated updates (Config(gradient_accumulation=...))", kind="run")
     state = engine_state(engine)
     if not dist.is_main():
         return None

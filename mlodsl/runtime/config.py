@@ -3,11 +3,13 @@
 Every field of Betty 0.2.1's two configuration dataclasses is accepted with the same name and
 default, so a Betty program ports by changing its imports. Differences, on purpose:
 
-* **Who chooses the method.** Following the seed, the *upper* problem's ``type`` and
-  ``unroll_steps`` choose the hypergradient method and the unroll length for the edges to its
-  lowers. Betty 0.2.1 reads them from the *lower*. Both spellings work: a field set explicitly on
-  the upper wins; otherwise one set explicitly on the lower is used; otherwise the default.
-  The same rule applies to the method knobs (``darts_alpha``, ``neumann_iterations``, ...).
+* **Who chooses the method.** An edge (upper over lower) takes its ``type``, ``unroll_steps``,
+  ``warmup_steps`` and method knobs (``darts_alpha``, ``neumann_iterations``, ...) from the
+  *lower*'s ``Config`` when the lower sets them explicitly (Betty's rule), else from the
+  *upper*'s when it does (the seed's ``hpo_config = Config(type="darts", step=1)``), else the
+  defaults. ``first_order`` is read the other way round, upper first, as Betty reads it from
+  the parents. When both set a field to different values a :class:`ConfigConflictWarning`
+  names both (:func:`edge_settings`).
 * ``step`` is accepted as an alias of ``unroll_steps`` (the seed's older spelling).
 * ``first_order`` defaults to True as in Betty; it only matters for ``unroll``, where False
   keeps second-order terms through the unrolled optimizer steps.
@@ -25,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError, did_you_mean
-from mlodsl.methods import METHODS
+from mlodsl.methods import METHODS, method_field
 from mlodsl.settings import CONFIG_SETTINGS, ENGINE_CONFIG_SETTINGS, Setting, SettingError
 
-__all__ = ["Config", "EngineConfig"]
+__all__ = ["Config", "EngineConfig", "EdgeSettings", "edge_settings", "ConfigConflictWarning"]
 
 # Names, defaults and rules of both classes are in mlodsl.settings; the fields below name
 # their table entries so that each default is written once.
@@ -125,11 +127,9 @@ class Config:
 
     def method_arguments(self, method: str) -> dict[str, Any]:
         """The keyword arguments of ``method`` as this config sets them (defaults included)."""
-        extra = {"cg": {"tol": "cg_tol"}, "unroll": {"checkpoint": "unroll_checkpoint"},
-                 "reinforce": {"baseline_decay": "reinforce_baseline_decay"}}.get(method, {})
         out = {}
         for arg in METHODS[method].arguments:
-            source = arg.config_field or extra.get(arg.name)
+            source = method_field(method, arg.name)
             if source is not None:
                 out[arg.name] = getattr(self, source)
         return METHODS[method].bind(out)
@@ -189,3 +189,87 @@ class EngineConfig:
     def explicitly_set(self, name: str) -> bool:
         """Whether ``name`` was passed to the constructor (rather than left at its default)."""
         return name in self._explicit
+
+
+# ----------------------------------------------------------------------------- edges from configs
+
+class ConfigConflictWarning(UserWarning):
+    """An upper's and a lower's ``Config`` set the same edge setting to different values."""
+
+
+@dataclass
+class EdgeSettings:
+    """What two problems' ``Config`` objects say about the edge between them.
+
+    ``sources`` maps each setting that was read (``type``, ``unroll_steps``, ``warmup_steps``,
+    ``first_order`` and the chosen method's knobs) to ``"upper"``, ``"lower"`` or
+    ``"default"``; ``conflicts`` lists ``(field, upper's value, lower's value)`` for the fields
+    both set differently (the value used is the one ``sources`` names).
+    """
+
+    method: str
+    args: dict[str, Any]
+    every: int
+    warmup: int
+    sources: dict[str, str]
+    conflicts: list[tuple[str, Any, Any]]
+
+    def conflict_messages(self, upper: str, lower: str) -> list[str]:
+        """One sentence per conflict, naming both values and the one used."""
+        out = []
+        for name, up, low in self.conflicts:
+            used = "lower" if self.sources.get(name) == "lower" else "upper"
+            value = low if used == "lower" else up
+            why = ("Betty reads it from the upper" if name == "first_order" else
+                   "Betty's rule: the lower's explicit setting wins")
+            out.append(f"edge {upper} -> {lower}: Config({name}=...) is {up!r} on the upper "
+                       f"'{upper}' and {low!r} on the lower '{lower}'; using {value!r} from "
+                       f"the {used} ({why})")
+        return out
+
+
+def edge_settings(upper: Config, lower: Config, lower_iterative: bool = False,
+                  upper_has_uppers: bool = False) -> EdgeSettings:
+    """The method, its arguments, ``every`` and warm-up of the edge ``upper -> lower``.
+
+    The lower's explicitly set fields win, then the upper's, then the defaults (``first_order``:
+    the upper's first). ``lower_iterative``: the lower is an ``IterativeProblem``, whose edges
+    default to ``unroll`` when neither config names a method. ``upper_has_uppers``: the upper is
+    itself a lower, so in Betty's reading its own fields govern the edges above it; an upper
+    value overruled here is then in use there, and not reported as a conflict.
+
+    Example::
+
+        >>> e = edge_settings(Config(type="darts", step=2), Config(type="neumann"))
+        >>> e.method, e.every, e.sources["type"], e.conflicts
+        ('neumann', 2, 'lower', [('type', 'darts', 'neumann')])
+    """
+    sources: dict[str, str] = {}
+    conflicts: list[tuple[str, Any, Any]] = []
+
+    def pick(name: str) -> Any:
+        first, second = ((upper, "upper"), (lower, "lower"))
+        if name != "first_order":
+            first, second = second, first
+        up, low = upper.explicitly_set(name), lower.explicitly_set(name)
+        overruled_unused = name == "first_order" or not upper_has_uppers
+        if up and low and overruled_unused and getattr(upper, name) != getattr(lower, name):
+            conflicts.append((name, getattr(upper, name), getattr(lower, name)))
+        for cfg, where in (first, second):
+            if cfg.explicitly_set(name):
+                sources[name] = where
+                return getattr(cfg, name)
+        sources[name] = "default"
+        return getattr(upper, name)
+
+    method = pick("type")
+    if lower_iterative and sources["type"] == "default":
+        method = "unroll"
+    every = pick("unroll_steps")
+    warmup = pick("warmup_steps")
+    args = {}
+    for arg in METHODS[method].arguments:
+        name = method_field(method, arg.name)
+        if name is not None:
+            args[arg.name] = pick(name)
+    return EdgeSettings(method, METHODS[method].bind(args), every, warmup, sources, conflicts)

@@ -35,6 +35,9 @@ class Edge:
             warnings a method gives while it runs; None for a program built in Python.
         note: how a default argument was derived, for ``mlodsl compile``
             ("alpha = the lr of 'classifier'"); empty when nothing was derived.
+        origins: where the other settings came from, for ``mlodsl compile``: ``"every"``,
+            ``"warm-up"`` and method argument names, each to a phrase like
+            ``"header of 'hpo'"`` (absent: the edge's own syntax, or the default).
     """
 
     upper: str
@@ -46,6 +49,7 @@ class Edge:
     source: str = field(default="", compare=False)
     where: str | None = field(default=None, compare=False)  # "FILE:LINE:COL" in a .mlo program
     note: str = field(default="", compare=False)
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -64,6 +68,16 @@ class Edge:
     def call(self) -> str:
         """The method as a call: ``darts(alpha=0.01)``."""
         return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
+
+    def describe_origins(self) -> str:
+        """``method from via, every from header of 'hpo', ...``: every origin, for messages."""
+        parts = [f"method from {self.source or 'default'}",
+                 f"every from {self.origins.get('every', 'default')}"]
+        if "warm-up" in self.origins:
+            parts.append(f"warm-up {self.warmup} from {self.origins['warm-up']}")
+        parts += [f"{k} from {v}" for k, v in self.origins.items() if k not in ("every",
+                                                                              "warm-up")]
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         return f"{self.upper} -> {self.lower} every {self.every} via {self.call()}"

@@ -29,6 +29,7 @@ import signal
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
+import networkx as nx
 import torch
 
 from mlodsl.diagnostics import MLOError
@@ -46,6 +47,7 @@ from mlodsl.runtime.logging import MetricsLog, make_sinks
 from mlodsl.runtime.precision import Precision
 from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
+from mlodsl.runtime.problem_list import ProblemList
 from mlodsl.runtime.rollback import RollBack
 from mlodsl.runtime.schedule import Schedule
 from mlodsl.runtime.seeding import rng_state, seed_everything, set_rng_state
@@ -57,18 +59,40 @@ from mlodsl.runtime.validation import (EarlyStopping, set_train_mode, step_plate
 __all__ = ["Engine"]
 
 _RESERVED = set(dir(Problem)) | {"module", "optimizer", "scheduler", "train_data_loader",
-                                 "device", "cur_batch", "after_step", "grad_clip", "grad_accum"}
+                                 "device", "cur_batch", "after_step", "grad_clip", "grad_accum",
+                                 "env", "cfg"}
+
+
+def _with_declared_relations(dependencies: Mapping, problems) -> Mapping:
+    """``dependencies`` plus the l2u edges declared with ``add_parent``/``add_child``."""
+    declared = any(p.declared_parents() or p.declared_children() for p in problems)
+    if not declared or not isinstance(dependencies, Mapping) or not isinstance(
+            dependencies.get("l2u", {}), Mapping):
+        return dependencies  # nothing to add (build_graph reports a malformed argument)
+    out = dict(dependencies)
+    l2u = out["l2u"] = dict(out.get("l2u", {}))
+    for p in problems:
+        for upper in p.declared_parents():
+            l2u[p] = list(l2u.get(p, [])) + [upper]
+        for lower in p.declared_children():
+            l2u[lower] = list(l2u.get(lower, [])) + [p]
+    return out
 
 
 class Engine:
     """Runs a multilevel program: problems, their dependencies and the schedule.
 
-    Args:
+    Args (Betty's order, ``Engine(problems, config, dependencies, env)``; the older
+    ``Engine(config, problems, ...)`` order is recognized by the arguments' types):
+        problems: the problems, in the order that breaks scheduling ties. ``engine.problems``
+            is this list (a :class:`~mlodsl.runtime.problem_list.ProblemList`, which also
+            looks problems up by name).
         config: an :class:`EngineConfig` (defaults when None).
-        problems: the problems, in the order that breaks scheduling ties.
         dependencies: ``{"l2u": {lower: [uppers]}, "u2l": {upper: [lowers]}}`` (Betty's form;
-            problems or their names as keys and items).
-        env: accepted for Betty compatibility (reinforcement-learning environments); unused.
+            problems or their names as keys and items). Relations declared with
+            :meth:`Problem.add_parent`/:meth:`Problem.add_child` before the engine is built
+            count as ``l2u`` edges too.
+        env: an environment (:class:`mlodsl.envs.Env`) shared by the problems as ``self.env``.
         edges: the compiler's route: explicit :class:`~mlodsl.runtime.edges.Edge` objects
             instead of ``Config`` fields (``dependencies`` may then be None).
         device: where the problems run (default: ``EngineConfig.device``, else the best
@@ -85,13 +109,19 @@ class Engine:
     (:class:`~mlodsl.runtime.state.TrainingState`).
     """
 
-    def __init__(self, config: EngineConfig | None = None, problems: Sequence[Problem] = (),
+    def __init__(self, problems: Sequence[Problem] = (), config: EngineConfig | None = None,
                  dependencies: Mapping[str, Mapping] | None = None, env: Any = None,
                  edges: Iterable[Edge] | None = None, device: Any = None):
+        if isinstance(problems, EngineConfig) or (
+                config is not None and not isinstance(config, EngineConfig)):
+            problems, config = config, problems  # Engine(config, problems, ...)
         self.config = config if config is not None else EngineConfig()
+        if not isinstance(self.config, EngineConfig):
+            raise MLOError(f"Engine(config=...) must be an EngineConfig, got "
+                           f"{type(self.config).__name__}")
         self.env = env
-        self.problems: dict[str, Problem] = {}
-        for p in problems:
+        self.problems = ProblemList()
+        for p in problems if problems is not None else ():
             if not isinstance(p, Problem):
                 raise MLOError(f"Engine(problems=...): {p!r} is not a Problem")
             if p.name in self.problems:
@@ -99,18 +129,21 @@ class Engine:
             if p.name in _RESERVED:
                 raise MLOError(f"a problem may not be named '{p.name}': problems reach each "
                                f"other as attributes, and '{p.name}' is taken")
-            self.problems[p.name] = p
+            self.problems.append(p)
         if not self.problems:
             raise MLOError("Engine needs at least one problem")
 
-        graph = build_graph(self.problems, dependencies or {}, edges)
-        edges = edges_from_configs(self.problems, graph) if edges is None else list(edges)
-        self.schedule = Schedule(list(self.problems), edges)
-        self._hierarchy = Hierarchy(self.problems, graph, edges, self.schedule)
+        by_name = dict(self.problems.items())
+        dependencies = _with_declared_relations(dependencies or {}, self.problems)
+        self.dependencies = dependencies  # Betty's attribute: what the program declared
+        graph = build_graph(by_name, dependencies, edges)
+        edges = edges_from_configs(by_name, graph) if edges is None else list(edges)
+        self.schedule = Schedule(self.problems.keys(), edges)
+        self._hierarchy = Hierarchy(by_name, graph, edges, self.schedule)
         self._method_states: dict[tuple[str, str], dict] = {}
         #: Which unrolled windows every problem above them has used (they may then close).
         self.window_consumers = WindowConsumers(
-            {n: self.schedule.lowers(n) for n in self.problems}, self._hierarchy.unrolled)
+            {n: self.schedule.lowers(n) for n in self.problems.keys()}, self._hierarchy.unrolled)
         if self._hierarchy.unrolled:
             from mlodsl.runtime.hypergrad.unroll import check_nesting
             check_nesting(self)
@@ -136,12 +169,69 @@ class Engine:
             requested = dist.local_device(requested)
             self.history.console = dist.is_main()  # only rank 0 logs
         self._device = resolve_device(requested)
-        for p in self.problems.values():
+        if env is not None:
+            self._initialize_env(env)
+        for p in self.problems:
             p.attach_engine(self, self._device)
+            p.set_relations(self._relations_of(p.name, dependencies))
         self.precision = Precision(self)
-        self._evaluate = LossEvaluator(self.problems, self.precision)
+        self._evaluate = LossEvaluator(by_name, self.precision)
         if self.distributed:  # every rank starts from rank 0's parameters and buffers
             dist.broadcast_tensors(self.training_state().module_tensors())
+
+    # -- Betty's attributes --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device the problems run on (unless a problem was given its own)."""
+        return self._device
+
+    @property
+    def leaves(self) -> list[Problem]:
+        """The problems that depend on nothing (each iteration steps them), in order."""
+        return [self.problems[n] for n in self.schedule.leaves]
+
+    @property
+    def train_iters(self) -> int:
+        """The number of iterations :meth:`run` goes to (``config.train_iters``)."""
+        return self.config.train_iters
+
+    @train_iters.setter
+    def train_iters(self, value: int) -> None:
+        self.config.train_iters = value
+
+    @property
+    def valid_step(self) -> int:
+        """Iterations between validations (``config.valid_step``)."""
+        return self.config.valid_step
+
+    @valid_step.setter
+    def valid_step(self, value: int) -> None:
+        self.config.valid_step = value
+
+    def _initialize_env(self, env: Any) -> None:
+        """Betty's environment set-up: device, the problems by name, ``initialize()``."""
+        if hasattr(env, "configure_device"):
+            env.configure_device(self._device)
+        for p in self.problems:
+            setattr(env, p.name, p)
+        if hasattr(env, "initialize"):
+            env.initialize()
+
+    def _relations_of(self, name: str, dependencies: Mapping) -> dict:
+        """``name``'s uppers, lowers and Betty's hypergradient paths, as Problem objects."""
+        uppers = [self.problems[u] for u in self.schedule.uppers(name)]
+        lowers = [self.problems[lo] for lo in self.schedule.lowers(name)]
+        paths = []
+        for upper, readers in dependencies.get("u2l", {}).items():
+            if (upper.name if isinstance(upper, Problem) else upper) != name:
+                continue
+            for reader in readers:
+                reader = reader.name if isinstance(reader, Problem) else reader
+                # Betty's path: the upper, down through the l2u chain to the lower that
+                # reads it, then the upper again.
+                for chain in nx.all_simple_paths(self.graph, name, reader):
+                    paths.append([self.problems[n] for n in chain] + [self.problems[name]])
+        return {"parents": uppers, "children": lowers, "paths": paths, "leaf": not lowers}
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: ``self.classifier`` in validation().
@@ -228,23 +318,48 @@ class Engine:
 
     # -- running -----------------------------------------------------------------------------
     def train_step(self) -> None:
-        """One iteration: every leaf steps once; uppers step as their quotas fill."""
-        for problem in self.problems.values():  # parameters are read afresh once per iteration
+        """One iteration: every leaf steps once; uppers step as their quotas fill.
+
+        A Betty-style override may instead call ``leaf.step(global_step=self.global_step)`` for
+        each of :attr:`leaves` (what this does).
+        """
+        for problem in self.problems:  # parameters are read afresh once per iteration
             problem.invalidate_parameter_cache()
         for name in self.schedule.iteration():
-            problem = self.problems[name]
-            if self.config.roll_back:
-                self._roll_back.before_step(problem)
-            take_step(self, problem)
-            self._log_problem(problem)
-            # A window below closes once every problem above it has differentiated through
-            # it, not at its own upper's step (nested unrolling: runtime/consumers.py).
-            for lower in self.window_consumers.stepped(name):
-                end_unroll_window(self.problems[lower])
-            if self.config.roll_back:
-                self._roll_back.after_upper(name, self.problems,
-                                            lambda p: take_step(self, p, batch=p.cur_batch))
+            self._scheduled_step(self.problems[name])
         self._guard.check()
+
+    def step_problem(self, problem: Problem, global_step: int | None = None) -> None:
+        """Step ``problem`` and then every upper whose quota that fills (``Problem.step``).
+
+        A problem with lowers is stepped by its lowers' cascade, never directly: nothing.
+        """
+        if self.schedule.lowers(problem.name):
+            return
+        if global_step is not None:
+            self.global_step = global_step
+        problem.invalidate_parameter_cache()
+        for name in self.schedule.cascade(problem.name):
+            self._scheduled_step(self.problems[name])
+
+    def _scheduled_step(self, problem: Problem) -> None:
+        """One step the schedule asked for, with its hooks and the windows it closes."""
+        name = problem.name
+        if self.config.roll_back:
+            self._roll_back.before_step(problem)
+        problem.begin_step(self.global_step)
+        take_step(self, problem)
+        problem.end_step(bool(self.schedule.uppers(name)))
+        self._log_problem(problem)
+        # A window below closes once every problem above it has differentiated through it,
+        # not at its own upper's step (nested unrolling: runtime/consumers.py).
+        for lower in self.window_consumers.stepped(name):
+            end_unroll_window(self.problems[lower])
+        for lower in self.schedule.lowers(name):
+            self.problems[lower].upper_stepped()
+        if self.config.roll_back:
+            self._roll_back.after_upper(name, self.problems,
+                                        lambda p: take_step(self, p, batch=p.cur_batch))
 
     def validation(self) -> dict | None:
         """Override to return validation metrics (a dict of numbers); None skips logging."""
@@ -269,6 +384,7 @@ class Engine:
                 while self.global_step < self.config.train_iters and not self._stop:
                     self.global_step += 1
                     self.train_step()
+                    self._guard.check()  # also after a Betty-style train_step override
                     if self.config.valid_step and self.global_step % self.config.valid_step == 0:
                         self._run_validation()
                     self.on_iteration_end()
@@ -343,7 +459,8 @@ class Engine:
             return
         if not ckpt.can_checkpoint(self):
             self.history.info(f"no checkpoint at iteration {self.global_step}: inside an "
-                              f"unrolled window (the last one is at {self.last_checkpoint_step})")
+                              "unrolled window or between accumulated updates (the last one is "
+                              f"at {self.last_checkpoint_step})")
             return
         self._guard.check_parameters()
         self.save_checkpoint()
@@ -447,7 +564,7 @@ class Engine:
         Data positions are restored before the random state: replaying an epoch's shuffle
         moves torch's generator. Per-edge method tensors go to their lower's device.
         """
-        missing = set(self.problems) - set(state.problems)
+        missing = set(self.problems.keys()) - set(state.problems)
         if missing:
             raise MLOError("the checkpoint does not match this program: it has no state for "
                            f"problem(s) {', '.join(sorted(missing))}", kind="run")
@@ -466,6 +583,22 @@ class Engine:
         for name, p in self.problems.items():
             p.load_data_state(state.problems[name].data)
         set_rng_state(state.rng)
+        self._resume_inner_loops()
+
+    def _resume_inner_loops(self) -> None:
+        """Where each problem is in its inner loop, from the restored counters (Betty's rule:
+        a new loop after an upper consumed the last one, or after ``unroll_steps`` updates of a
+        problem without uppers; warm-up steps start none)."""
+        for p in self.problems:
+            uppers = self.schedule.uppers(p.name)
+            if p.count == 0:
+                new = True
+            elif uppers:
+                new = any(self.schedule.pending(u)[p.name] == 0
+                          and p.count > self.edges[(u, p.name)].warmup for u in uppers)
+            else:
+                new = p.count % max(p.config.unroll_steps * p.steps_per_update(False), 1) == 0
+            p.resume_inner_loop(self.global_step, new)
 
 
 class _NoProgress:

@@ -9,12 +9,14 @@ an edge, whether a problem's steps are unrolled) and caches the answers.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Mapping
 
 import networkx as nx
 
 from mlodsl.diagnostics import MLOError
 from mlodsl.methods import METHODS
+from mlodsl.runtime.config import ConfigConflictWarning, edge_settings
 from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.problem import Problem
 from mlodsl.runtime.schedule import Schedule
@@ -78,32 +80,23 @@ def build_graph(problems: Mapping[str, Any], dependencies: Mapping[str, Mapping]
 def edges_from_configs(problems: Mapping[str, Any], graph: nx.DiGraph) -> list[Edge]:
     """Method, unroll length and warm-up per edge, from the problems' ``Config`` objects.
 
-    The upper's explicitly set fields win (the seed's reading), then the lower's (Betty
-    0.2.1's), then the defaults. A lower that is an ``IterativeProblem`` is unrolled unless a
-    config names another method.
+    The rule is :func:`mlodsl.runtime.config.edge_settings`: the lower's explicitly set fields
+    first (Betty's reading), then the upper's (the seed's), then the defaults; a disagreement
+    is a :class:`~mlodsl.runtime.config.ConfigConflictWarning`. A lower that is an
+    ``IterativeProblem`` is unrolled unless a config names another method. With Betty's
+    gradient accumulation an unroll of ``unroll_steps`` updates is ``unroll_steps * k`` steps.
     """
     edges = []
     for upper, lower in graph.edges:
-        uc, lc = problems[upper].config, problems[lower].config
-
-        def pick(field: str, uc=uc, lc=lc):  # bound now: the loop rebinds uc and lc
-            if uc.explicitly_set(field):
-                return getattr(uc, field), uc
-            if lc.explicitly_set(field):
-                return getattr(lc, field), lc
-            return getattr(uc, field), uc
-
-        method, source = pick("type")
-        if problems[lower].iterative and not source.explicitly_set("type"):
-            method = "unroll"
-        every, _ = pick("unroll_steps")
-        warmup, _ = pick("warmup_steps")
-        args = source.method_arguments(method)
-        for arg in METHODS[method].arguments:  # knobs set on the other config still count
-            if arg.config_field and not source.explicitly_set(arg.config_field):
-                value, _ = pick(arg.config_field)
-                args[arg.name] = value
-        edges.append(Edge(upper, lower, every=every, warmup=warmup, method=method, args=args))
+        settings = edge_settings(problems[upper].config, problems[lower].config,
+                                 lower_iterative=problems[lower].iterative,
+                                 upper_has_uppers=graph.in_degree(upper) > 0)
+        for message in settings.conflict_messages(upper, lower):
+            warnings.warn(message, ConfigConflictWarning, stacklevel=4)
+        unrolled = settings.method == "unroll" or problems[lower].iterative
+        every = settings.every * problems[lower].steps_per_update(unrolled)
+        edges.append(Edge(upper, lower, every=every, warmup=settings.warmup,
+                          method=settings.method, args=settings.args))
     return edges
 
 

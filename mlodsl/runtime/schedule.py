@@ -98,17 +98,23 @@ class Schedule:
                 ready.append(upper)
         return ready
 
+    def cascade(self, name: str) -> list[str]:
+        """Count one step of ``name``; return it and the uppers that step after it, in order."""
+        out: list[str] = []
+
+        def step(n: str) -> None:
+            out.append(n)
+            for upper in self.record_step(n):
+                step(upper)
+
+        step(name)
+        return out
+
     def iteration(self) -> list[str]:
         """Advance one engine iteration; return the problems to step, in order."""
         out: list[str] = []
-
-        def step(name: str) -> None:
-            out.append(name)
-            for upper in self.record_step(name):
-                step(upper)
-
         for leaf in self.leaves:
-            step(leaf)
+            out.extend(self.cascade(leaf))
         self.iterations += 1
         return out
 

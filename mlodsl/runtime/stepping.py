@@ -3,7 +3,9 @@
 Kept apart from the engine so that the order of these sub-steps is written down in one place,
 for every kind of step (:func:`take_step`):
 
-1. the next batch of the problem's data (``grad_accum`` batches when accumulating);
+1. the next batch of the problem's data (``grad_accum`` batches when accumulating; Betty's
+   ``Config(gradient_accumulation=k)`` instead updates on every k-th step, the gradients of
+   the steps between kept by the problem: :meth:`Problem.steps_per_update`);
 2. the loss, with the problem's own buffers live (BatchNorm statistics advance once) and every
    other problem's buffers protected;
 3. the gradient with respect to the problem's parameters, hypergradients through every lower
@@ -35,6 +37,7 @@ import torch
 
 from mlodsl.runtime.hypergrad.chain import total_gradient
 from mlodsl.runtime.hypergrad.unroll import new_tape, run_checkpointed
+from mlodsl.runtime.problem import call_param_callback
 from mlodsl.runtime.vectors import norm
 
 __all__ = ["take_step", "end_unroll_window", "window_copies"]
@@ -45,9 +48,9 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
 
     ``batch``: use this batch (for every accumulated one) instead of drawing from the data.
     """
-    accum = problem.accumulation_steps()
-    draws = (problem.next_batch() if batch is None else batch for _ in range(accum))
     differentiable = engine.is_unrolled(problem.name)
+    accum = problem.accumulation_steps(unrolled=differentiable)
+    draws = (problem.next_batch() if batch is None else batch for _ in range(accum))
     first_order, checkpointed = engine.unroll_settings(problem.name) if differentiable \
         else (False, False)
     if checkpointed and not first_order:
@@ -63,6 +66,12 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
                                            if differentiable else None)
         problem.record_step(loss, metrics)
         if not differentiable:
+            per_update = problem.steps_per_update(unrolled=False)
+            if per_update > 1:  # Betty's accumulation: an update every per_update-th step
+                total = problem.accumulate_gradients([g / per_update for g in total],
+                                                     problem.count % per_update == 0)
+                if total is None:
+                    return loss
             _optimizer_update(engine, problem, total, loss)
             return loss
         if not _differentiable_update(engine, problem, total, loss):
@@ -172,7 +181,7 @@ def _clear_grads(params) -> None:
 
 def _after_update(problem, params) -> None:
     with torch.no_grad():
-        problem.param_callback(params)
+        call_param_callback(problem, params)
         if problem.after_step is not None:
             problem.after_step(params)
 

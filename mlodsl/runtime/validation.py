@@ -1,7 +1,7 @@
 """Validation: the user's metrics every ``valid_step`` iterations, and what they drive.
 
 One validation pass (:func:`validate`) runs ``engine.validation()`` on rank 0 with every module
-in eval mode and no gradients, turns the metrics into numbers, shares them with the other
+in eval mode (gradients stay enabled, as in Betty: a validation may fine-tune), turns the metrics into numbers, shares them with the other
 ranks, logs them, steps the ``ReduceLROnPlateau`` schedulers on their metric
 (:func:`step_plateau_schedulers`) and feeds early stopping (:class:`EarlyStopping`).
 """
@@ -71,14 +71,14 @@ def set_train_mode(problems: Mapping[str, Any], mode: bool) -> None:
 def validate(engine) -> dict | None:
     """One validation pass: the metrics as numbers (the same on every rank), or None.
 
-    ``engine.validation()`` runs on rank 0 only, in eval mode and without gradients.
+    ``engine.validation()`` runs on rank 0 only, in eval mode (with gradients enabled).
     """
     stats = None
     if dist.is_main():
         set_train_mode(engine.problems, False)
         try:
-            with torch.no_grad():
-                stats = engine.validation()
+            # Not under no_grad: a validation may fine-tune (Betty runs it as is).
+            stats = engine.validation()
         finally:
             set_train_mode(engine.problems, True)
         if stats:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mlodsl import Config, EngineConfig, MLOError
+from mlodsl.runtime.config import ConfigConflictWarning
 from mlodsl.runtime.engine import Engine
 
 from tests.support.toy_problems import make_problem
@@ -65,9 +66,11 @@ def test_lower_config_is_honoured_when_the_upper_is_silent_betty_semantics():
     assert (edge.method, edge.every, edge.args["alpha"]) == ("cg", 2, 0.5)
 
 
-def test_upper_wins_over_lower():
-    edge = _edge(Config(type="darts", darts_alpha=0.1), Config(type="cg"))
-    assert (edge.method, edge.args["alpha"]) == ("darts", 0.1)
+def test_lower_wins_over_upper_with_a_warning_naming_both_betty_semantics():
+    with pytest.warns(ConfigConflictWarning, match="'darts' on the upper 'up' and 'cg' on the "
+                      "lower 'lo'; using 'cg'"):
+        edge = _edge(Config(type="darts", darts_alpha=0.1), Config(type="cg"))
+    assert edge.method == "cg"
 
 
 def test_cuda_on_a_cpu_machine_is_a_clear_error():

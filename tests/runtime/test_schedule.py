@@ -20,9 +20,11 @@ def test_two_levels_step_every_unroll():
 
 
 def test_three_levels_cascade():
-    a = make_problem("a")
-    b = make_problem("b", reads=("a",), config=Config(unroll_steps=2))
-    c = make_problem("c", reads=("b",), config=Config(step=3))
+    # A middle problem's Config governs both its edges; Betty's reading (each lower says how
+    # often its uppers step) is the unambiguous one here.
+    a = make_problem("a", config=Config(unroll_steps=2))
+    b = make_problem("b", reads=("a",), config=Config(unroll_steps=3))
+    c = make_problem("c", reads=("b",))
     counts = run_counts([a, b, c], {"a": ["b"], "b": ["c"]}, 12)
     assert counts == {"a": 12, "b": 6, "c": 2}
 
@@ -32,10 +34,11 @@ def test_four_levels_diamond_dag():
     a = make_problem("a")
     b = make_problem("b", reads=("a",), config=Config(step=2))
     c = make_problem("c", reads=("a",), config=Config(step=1))
-    d = make_problem("d", reads=("b", "c"), config=Config(step=2))
+    d = make_problem("d", reads=("b", "c"))
     e = make_problem("e", reads=("d",), config=Config(step=1))
     counts = run_counts([a, b, c, d, e], {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": ["e"]}, 8)
-    # a: 8; b every 2 of a: 4; c every 1: 8; d when b made 2 and c made 2: after iterations 4, 8.
+    # a: 8; b every 2 of a: 4; c every 1: 8; d when b made 2 (b's own Config, the lower's) and
+    # c made 1: after iterations 4, 8; e every step of d.
     assert counts == {"a": 8, "b": 4, "c": 8, "d": 2, "e": 2}
 
 

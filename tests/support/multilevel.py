@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mlodsl import Config, Engine, EngineConfig, ImplicitProblem
+from mlodsl.runtime.edges import Edge
 
 DT = torch.float64
 Values = Mapping[str, torch.Tensor]
@@ -353,14 +354,19 @@ class _Recorder(Engine):
 def build_engine(program: Program, configs: Mapping[str, dict],
                  reads: Mapping[str, Sequence[str]] | None = None,
                  lrs: Mapping[str, float] | None = None,
-                 values: Mapping[str, torch.Tensor] | None = None, unused: Sequence[str] = (), optimizers: Mapping[str, Callable] | None
-                 = None, iterations: int = 1) -> Engine:
-    """An engine running ``program``: ``configs[name]`` is the ``Config`` of each level (its
-    ``type`` picks the method of the edges to its lowers), ``reads[name]`` what its loss is
-    given (default: every level).
+                 values: Mapping[str, torch.Tensor] | None = None, unused: Sequence[str] = (),
+                 optimizers: Mapping[str, Callable] | None = None, iterations: int = 1,
+                 own_configs: bool = False) -> Engine:
+    """An engine running ``program``; ``reads[name]`` is what a level's loss is given
+    (default: every level).
 
-    Parameters start at ``values`` (default: the nested solution); learning rates default to 0
-    (levels stay at their best responses while the top's hypergradient is recorded).
+    ``configs[name]`` holds ``Config`` fields (``type``, ``unroll_steps``, method knobs) for the
+    edges from ``name`` to its lowers, which become explicit edges, so that a test states each
+    edge's method whatever ``Config``'s reading rule. With ``own_configs`` they are instead each
+    level's own ``Config`` (the Python API's route: Betty's reading, a lower's fields govern
+    the edges into it). Parameters start at ``values`` (default: the nested solution);
+    learning rates default to 0 (levels stay at their best responses while the top's
+    hypergradient is recorded).
     """
     values = dict(values) if values is not None else nested_solution(
         program, program.levels[0].name)
@@ -373,14 +379,24 @@ def build_engine(program: Program, configs: Mapping[str, dict],
             lambda params, lr=lr: torch.optim.SGD(params, lr=lr))
         problems[lv.name] = LevelProblem(
             lv, (reads or {}).get(lv.name, list(program.by_name)), name=lv.name, module=mod,
-            optimizer=make(mod.parameters()),
-            train_data_loader=[0], config=Config(**configs.get(lv.name, {})))
-    l2u: dict = {}
-    for lv in program.levels:
-        for low in lv.lowers:
-            l2u.setdefault(problems[low], []).append(problems[lv.name])
-    engine = _Recorder(config=EngineConfig(train_iters=iterations, valid_step=0),
-                       problems=list(problems.values()), dependencies={"l2u": l2u})
+            optimizer=make(mod.parameters()), train_data_loader=[0],
+            config=Config(**configs.get(lv.name, {})) if own_configs else Config())
+    engine_config = EngineConfig(train_iters=iterations, valid_step=0)
+    if own_configs:
+        l2u: dict = {}
+        for lv in program.levels:
+            for low in lv.lowers:
+                l2u.setdefault(problems[low], []).append(problems[lv.name])
+        engine = _Recorder(config=engine_config, problems=list(problems.values()),
+                           dependencies={"l2u": l2u})
+    else:
+        edges = []
+        for lv in program.levels:
+            cfg = Config(**configs.get(lv.name, {}))
+            for low in lv.lowers:
+                edges.append(Edge(lv.name, low, every=cfg.unroll_steps, method=cfg.type,
+                                  args=cfg.method_arguments(cfg.type)))
+        engine = _Recorder(config=engine_config, problems=list(problems.values()), edges=edges)
     engine.recorded = {}
     return engine
 

@@ -202,7 +202,8 @@ class PlanEngine(Engine):
         """The value of ``validate``: a number (logged as ``metric``) or a dict of numbers."""
         if self._validate_fn is None:
             return None
-        value = self._validate_fn(self.problems)
+        with torch.no_grad():  # an expression evaluates; a function that trains enables grad
+            value = self._validate_fn(self.problems)
         if not isinstance(value, Mapping):
             value = {"metric": value}
         stats = {}

@@ -32,7 +32,8 @@ from mlodsl.compiler.front.values import literal_value
 from mlodsl.diagnostics import Diagnostic, MLOError
 from mlodsl.methods import METHODS
 from mlodsl.runtime.config import Config
-from mlodsl.settings import ENGINE_FIELDS, PROBLEM_FIELDS, SettingError
+from mlodsl.settings import (CONFIG_ALIASES, CONFIG_ROLES, CONFIG_SETTINGS, ENGINE_FIELDS,
+                             PROBLEM_FIELDS, SettingError)
 
 __all__ = ["Instantiator"]
 
@@ -150,6 +151,27 @@ class Instantiator:
         value = literal_value(f.value, {let.name: let for let in self.program.lets})
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    # -- headers -----------------------------------------------------------------------------
+    def header(self, p: ir.Problem) -> tuple[dict[str, Any], dict[str, ir.Setting]]:
+        """The values of ``p``'s header settings by ``Config`` field, and their nodes.
+
+        Each value is checked against its rule in :data:`mlodsl.settings.CONFIG_SETTINGS`.
+        """
+        values: dict[str, Any] = {}
+        nodes: dict[str, ir.Setting] = {}
+        for s in p.settings:
+            name = CONFIG_ALIASES.get(s.name, s.name)
+            value = self.interp(f"setting '{s.name}' of '{p.name}'").run(s.value)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            try:
+                values[name] = CONFIG_SETTINGS[name].check(
+                    value, f"setting '{s.name}' of '{p.name}'")
+            except SettingError as err:
+                raise self.sources.error(s.value, str(err), err.hint) from None
+            nodes[name] = s
+        return values, nodes
+
     # -- modules -----------------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
         """Every problem's module, referenced modules first (LANGUAGE.md section 8)."""
@@ -189,10 +211,18 @@ class Instantiator:
         if scheduler is not None:
             desc["scheduler"] = type(scheduler).__name__
         data, desc["data"] = self.build_data(k, p)
+        settings = dict(self.header(p)[0])
+        own = {k: v for k, v in settings.items() if CONFIG_ROLES[k] == "step"}
+        if own:
+            desc["settings"] = ", ".join(f"{k}={v!r}" for k, v in own.items()) + \
+                f" (from the header of '{p.name}')"
+        # log_every of the problem, else the header's log_step, else the engine's log_every.
         log_every = self.setting("log_every", p)
-        if log_every is None:
+        if log_every is None and "log_step" not in settings:
             log_every = self.setting("log_every")
-        problem = CompiledProblem(name=p.name, config=Config(log_step=log_every or -1),
+        if log_every is not None or "log_step" not in settings:
+            settings["log_step"] = log_every or -1
+        problem = CompiledProblem(name=p.name, config=Config(**settings),
                                   module=module, optimizer=optimizer, scheduler=scheduler,
                                   train_data_loader=data)
         f = p.field("after_step")

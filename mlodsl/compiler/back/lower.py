@@ -16,8 +16,11 @@ which is also the order in which user code runs (docs/language.md, "How programs
    0), ``after_step`` and the numeric fields;
 6. losses: fx graphs from expressions; callables are traced on a first batch to find what
    they read, which must agree with the ``depends`` edges;
-7. edges: the method is ``via`` on the edge, else the upper's ``hypergrad``, else the engine's
-   ``hypergrad``, else ``darts()``;
+7. edges: the method is ``via`` on the edge, else what the problems' headers say (the Python
+   route's ``Config`` rule, :func:`mlodsl.runtime.config.edge_settings`), else the upper's
+   ``hypergrad``, else the engine's ``hypergrad``, else ``darts()``; ``every`` is the edge's,
+   else the headers' ``unroll_steps``, else 1; header method knobs fill in arguments the chosen
+   method call does not give;
 8. engine settings and the ``validate`` expression.
 """
 from __future__ import annotations
@@ -36,7 +39,8 @@ from mlodsl.compiler.back.resolve import (
 )
 from mlodsl.compiler.front.check import levels as program_levels
 from mlodsl.compiler.front.sources import SourceMap
-from mlodsl.methods import METHODS
+from mlodsl.methods import METHODS, method_field
+from mlodsl.runtime.config import Config, edge_settings
 from mlodsl.runtime.edges import Edge
 from mlodsl.runtime.seeding import seed_everything
 from mlodsl.settings import EARLY_STOP_KEYS, SettingError
@@ -76,31 +80,87 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
 
 def plan_edges(program: ir.Program, objects: Instantiator,
                problems: dict[str, Any]) -> list[Edge]:
-    """The runtime's edge for every ``depends`` edge of the IR, with its method: ``via``, else
-    the upper's ``hypergrad``, else the engine's, else ``darts()``; ``source`` says which."""
+    """Every depends edge with its method, ``every`` and warm-up, and where each came from.
+
+    The method: ``via``, else the headers (the Python route's Config rule), else the upper's
+    ``hypergrad``, else the engine's, else ``darts()``.
+    """
     out = []
     engine_hg = objects.field("hypergrad")
+    configs = {p.name: Config(**objects.header(p)[0]) for p in program.problems}
+    graph = objects.graph
     for p in program.problems:
         own_hg = p.field("hypergrad")
         for e in p.edges:
-            if e.method is not None:
-                choice, source = objects.method(e.method), "via"
-            elif own_hg is not None:
-                choice, source = objects.method(own_hg.value), f"hypergrad of '{p.name}'"
-            elif engine_hg is not None:
-                choice, source = objects.method(engine_hg.value), "engine hypergrad"
-            else:
-                choice, source = MethodChoice("darts", METHODS["darts"].bind({})), "default"
-            args, note = dict(choice.args), ""
-            if choice.name == "neumann" and "alpha" not in choice.given:
-                args["alpha"], note = neumann_alpha(problems[e.target])
-            out.append(Edge(p.name, e.target, every=every(objects, p, e), method=choice.name,
-                            args=args, source=source, where=edge_position(objects.sources, e),
-                            note=note))
+            out.append(_plan_edge(p, e, program, objects, problems, configs, own_hg, engine_hg,
+                                  graph.in_degree(p.name) > 0))
     return out
 
 
-def every(objects: Instantiator, p: ir.Problem, e: ir.Edge) -> int:
+def _plan_edge(p: ir.Problem, e: ir.Edge, program: ir.Program, objects: Instantiator,
+               problems: dict[str, Any], configs: dict[str, Config], own_hg, engine_hg,
+               upper_has_uppers: bool) -> Edge:
+    """One edge ``p depends e.target``: see :func:`plan_edges`."""
+    rule = edge_settings(configs[p.name], configs[e.target], upper_has_uppers=upper_has_uppers)
+
+    def origin(name: str) -> str:
+        return f"header of '{p.name if rule.sources[name] == 'upper' else e.target}'"
+
+    if e.method is not None:
+        choice, source = objects.method(e.method), "via"
+    elif rule.sources["type"] != "default":  # Config's method with Config's defaults
+        choice = MethodChoice(rule.method, rule.args, given=())
+        source = origin("type")
+    elif own_hg is not None:
+        choice, source = objects.method(own_hg.value), f"hypergrad of '{p.name}'"
+    elif engine_hg is not None:
+        choice, source = objects.method(engine_hg.value), "engine hypergrad"
+    else:
+        choice, source = MethodChoice("darts", METHODS["darts"].bind({}), given=()), "default"
+    given = choice.given  # arguments the program wrote (the rest are defaults)
+    args, note = dict(choice.args), ""
+    arg_sources = {}
+    ends = [(configs[e.target], e.target), (configs[p.name], p.name)]
+    for arg in METHODS[choice.name].arguments:
+        name = method_field(choice.name, arg.name)
+        if name is None or arg.name in given:
+            continue
+        # The Python route's order: the lower first (first_order: the upper first).
+        for cfg, who in (ends[::-1] if name == "first_order" else ends):
+            if cfg.explicitly_set(name):
+                args[arg.name] = getattr(cfg, name)
+                arg_sources[arg.name] = f"header of '{who}'"
+                break
+    # neumann's alpha from the lower's lr, unless the program gave one (a header's type means
+    # Config's method, whose default alpha is Config's).
+    if choice.name == "neumann" and "alpha" not in given and "alpha" not in arg_sources \
+            and not source.startswith("header of"):
+        args["alpha"], note = neumann_alpha(problems[e.target])
+    if e.every is not None:
+        every, every_source = every_of(objects, p, e), "every"
+    elif rule.sources["unroll_steps"] != "default":
+        every, every_source = rule.every, origin("unroll_steps")
+    else:
+        every, every_source = 1, "default"
+    # The lower's header gradient_accumulation (Betty's: one update every k of its steps)
+    # makes an unroll of N updates N * k steps, as on the Python route.
+    updates = configs[e.target].gradient_accumulation
+    if e.every is None and updates > 1 and choice.name != "unroll" and \
+            program.problem(e.target).field("grad_accum") is None:
+        every *= updates
+        every_source += f" x gradient_accumulation of '{e.target}'"
+    warmup_source = origin("warmup_steps") if rule.sources["warmup_steps"] != "default" \
+        else "default"
+    origins = {"every": every_source}
+    if rule.warmup or warmup_source != "default":
+        origins["warm-up"] = warmup_source
+    origins.update(arg_sources)
+    return Edge(p.name, e.target, every=every, warmup=rule.warmup, method=choice.name,
+                args=args, source=source, where=edge_position(objects.sources, e), note=note,
+                origins=origins)
+
+
+def every_of(objects: Instantiator, p: ir.Problem, e: ir.Edge) -> int:
     """An edge's ``every``: any integer expression (a literal, a ``let``, ``2 * k``) >= 1."""
     if e.every is None:
         return 1

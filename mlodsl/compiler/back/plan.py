@@ -99,6 +99,10 @@ class ExecutionPlan:
             } for n in self.problems],
             "edges": [{"upper": e.upper, "lower": e.lower, "every": e.every, "method": e.method,
                        "args": e.args, "method_from": e.source,
+                       "every_from": e.origins.get("every", "default"), "warmup": e.warmup,
+                       "warmup_from": e.origins.get("warm-up", "default"),
+                       "args_from": {k: v for k, v in e.origins.items()
+                                     if k not in ("every", "warm-up")},
                        **({"note": e.note} if e.note else {})} for e in self.edges],
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
@@ -118,7 +122,7 @@ class ExecutionPlan:
             d = self.descriptions.get(n, {})
             lines.append(f"  level {self.levels[n]}  {n:<{width}}  {counts[n]:>10,} parameters  "
                          f"module {d.get('module', '?')}")
-            for key in ("optimizer", "scheduler", "data"):
+            for key in ("optimizer", "scheduler", "data", "settings"):
                 if d.get(key):
                     lines.append(f"  {'':8} {'':<{width}}  {key}: {d[key]}")
         lines += ["", "edges:"]
@@ -126,7 +130,7 @@ class ExecutionPlan:
             lines.append("  (none: a single-level program)")
         for e in self.edges:
             lines.append(f"  {e.upper} depends {e.lower} every {e.every} via {e.call()}"
-                         f"   [method from {e.source}{'; ' + e.note if e.note else ''}]")
+                         f"   [{e.describe_origins()}{'; ' + e.note if e.note else ''}]")
         lines += ["", "schedule:"] + ["  " + s for s in self.schedule().describe().splitlines()]
         lines += ["", "losses:"]
         for n, info in self.losses.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins as _py
 import contextlib
 import importlib
+import importlib.machinery
 import os
 import sys
 from typing import Any, Iterator, Mapping
@@ -73,9 +74,36 @@ def on_path(folders: list[str]) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- imports
 
+def _forget_if_shadowed(name: str) -> None:
+    """Drop a cached top-level module that the current search path would now find elsewhere.
+
+    Two programs compiled in one process may each bring their own ``parts.py``: the second
+    must see its own file, not the first one's module left in ``sys.modules``.
+    """
+    top = name.partition(".")[0]
+    loaded = sys.modules.get(top)
+    origin = getattr(getattr(loaded, "__spec__", None), "origin", None)
+    if loaded is None or not origin or not os.path.isabs(origin):
+        return
+    found = importlib.machinery.PathFinder.find_spec(top, sys.path)
+    if found is None or not found.origin or _same_file(found.origin, origin):
+        return
+    for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+        del sys.modules[key]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (paths that do not exist are compared as text)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
+
+
 def _import_module(name: str, node: Any, sources: SourceMap) -> Any:
     """``importlib.import_module(name)``; any failure is a diagnostic at ``node``."""
     try:
+        _forget_if_shadowed(name)
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
         missing = err.name or ""

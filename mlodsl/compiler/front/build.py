@@ -39,6 +39,13 @@ class _Block:
     span: Span
 
 
+@dataclass
+class _Header:
+    """The settings between ``<`` and ``>`` of a problem's header."""
+
+    settings: list
+
+
 def _span_of(x) -> Span:
     if isinstance(x, Token):
         return token_span(x)
@@ -178,8 +185,17 @@ class IRBuilder(Transformer):
         name = children[1]
         block = children[-1]
         edges = tuple(c for c in children if isinstance(c, ir.Edge))
+        header = next((c for c in children if isinstance(c, _Header)), None)
         return ir.Problem(name.value, edges, tuple(block.fields),
-                          span=_join(children[0], block), name_span=token_span(name))
+                          span=_join(children[0], block), name_span=token_span(name),
+                          settings=tuple(header.settings) if header is not None else ())
+
+    def header(self, children):
+        return _Header([c for c in _clean(children) if isinstance(c, ir.Setting)])
+
+    def setting(self, children):
+        name, value = _clean(children)
+        return ir.Setting(name.value, value, span=_join(name, value), name_span=token_span(name))
 
     def edge(self, children):
         children = _clean(children)

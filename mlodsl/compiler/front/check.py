@@ -27,6 +27,7 @@ from mlodsl.compiler import ir
 from mlodsl.compiler.front.graph import back_edges, reachable_all, reverse
 from mlodsl.compiler.front.graph import levels as _graph_levels
 from mlodsl.compiler.front.names import BUILTINS
+from mlodsl.compiler.front.settings import check_settings
 from mlodsl.compiler.front.values import (UNKNOWN, _via_let, check_method, check_value,
                                           literal_value)
 from mlodsl.diagnostics import Diagnostic, Span, did_you_mean
@@ -257,6 +258,8 @@ class _Checker:
                 check_method(e.method, self.lets, self.error)
                 for arg in _method_arguments(e.method):
                     self.check_names(arg, _Scope(self))
+        check_settings(p, self.problems, self.lets, self.error, self.warning,
+                       lambda expr: self.check_names(expr, _Scope(self)))
         hg = p.field("hypergrad")
         if hg is not None and not p.edges:
             self.warning(hg.name_span, f"'hypergrad' of '{p.name}' has no effect: "

@@ -195,12 +195,18 @@ class _Printer:
             self.next += 1
         self.lines.append(indent + text + self.trailing(span.end_line))
 
-    def block(self, header: str, node, fields: tuple[ir.Field, ...]) -> None:
+    def block(self, header: str, node, fields: tuple[ir.Field, ...],
+              head_end: int | None = None) -> None:
         span = node.span
+        head_end = max(head_end or span.line, span.line)
         self.leading(span.line, "")
-        self.lines.append(header + " {" + self.trailing(span.line))
+        # Comments inside a header written over several lines move above it.
+        while (c := self._pending()) is not None and c.span.line < head_end:
+            self.lines.append(c.text)
+            self.next += 1
+        self.lines.append(header + " {" + self.trailing(head_end))
         width = max((len(_lhs(f)) for f in fields), default=0)
-        prev_end = span.line
+        prev_end = head_end
         for f in fields:
             start = f.span.line
             first_comment = self._pending()
@@ -246,9 +252,15 @@ def format_ir(program: ir.Program) -> str:
             p.statement(f"let {item.name} = {format_expr(item.value)}", item)
         elif isinstance(item, ir.Problem):
             header = f"problem {item.name}"
+            if item.settings:  # the header form stays the header form
+                header += " <" + ", ".join(f"{s.name}={format_expr(s.value)}"
+                                           for s in item.settings) + ">"
             if item.edges:
                 header += " depends " + ", ".join(_edge(e) for e in item.edges)
-            p.block(header, item, item.fields)
+            head_end = max([item.name_span.end_line]
+                           + [s.span.end_line for s in item.settings]
+                           + [e.span.end_line for e in item.edges])
+            p.block(header, item, item.fields, head_end)
         elif isinstance(item, ir.Engine):
             p.block("engine", item, item.fields)
         prev = item

@@ -25,8 +25,8 @@ MAX_DEPTH = 100
 #: serialized. Parsing is fast; this costs nothing in practice.
 PARSE_LOCK = threading.Lock()
 
-_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
-_CLOSE = {"RPAR", "RSQB"}
+_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB", "LANGLE": "RANGLE"}  # a header may span lines
+_CLOSE = {"RPAR", "RSQB", "RANGLE"}
 
 
 class TooDeep(Exception):

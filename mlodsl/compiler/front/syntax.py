@@ -24,6 +24,7 @@ _DISPLAY = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
     "EQUAL": "'='", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
     "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "DOT": "'.'",
+    "LANGLE": "'<'", "RANGLE": "'>'",
     **{kw.upper(): f"'{kw}'" for kw in KEYWORDS},
     "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'", "POW": "'**'",
     "_NL": "a newline", "_SEMI": "';'", "$END": "end of file",
@@ -32,7 +33,7 @@ _EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS"}
 _EXPRESSION_ALL = _EXPRESSION_START | {"PLUS", "TRUE", "FALSE", "NONE"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "POW"}
 _POSTFIX = {"LPAR", "LSQB", "DOT"}
-_BRACKET_NAMES = {"LPAR": "(", "LSQB": "["}
+_BRACKET_NAMES = {"LPAR": "(", "LSQB": "[", "LANGLE": "<"}
 
 
 def _describe_expected(expected: set[str]) -> str:

@@ -172,7 +172,7 @@ class _Linearisation:
     def __init__(self, engine, top: str, scope: set[str]):
         self.engine, self.top, self.scope = engine, top, scope
         self.levels: dict[str, _Level] = {}
-        self.order = list(engine.problems)
+        self.order = list(engine.problems.keys())
         self._adjoints: dict[str, dict[str, Vector]] = {}
 
     # -- structure ---------------------------------------------------------------------------

@@ -105,3 +105,21 @@ def test_interpreter_reports_user_errors_at_the_failing_node():
     d = info.value.diagnostics[0]
     assert (d.span.column, d.span.end_column) == (5, 16)
     assert d.message == "the data of 'p': boom(...) failed: RuntimeError: no good"
+
+
+def test_two_programs_in_one_process_each_import_their_own_parts(tmp_path, monkeypatch):
+    # Each folder has its own parts.py: the second compile must not reuse the first's module.
+    monkeypatch.chdir(tmp_path)
+    program = ("from parts import WIDTH\nimport torch.nn as nn\n\n"
+               "problem p {\n    module = nn.Linear(WIDTH, 1)\n    optimizer = SGD(lr=0.1)\n"
+               "    data = [(1.0, 2.0)]\n    loss(x, y) = (p.weight.sum() * x - y) ** 2\n}\n\n"
+               "engine { iterations = 1 }\n")
+    widths = {}
+    for width in (3, 5):
+        folder = tmp_path / f"run{width}"
+        folder.mkdir()
+        (folder / "parts.py").write_text(f"WIDTH = {width}\n")
+        (folder / "prog.mlo").write_text(program)
+        plan = mlodsl.compile(str(folder / "prog.mlo"))
+        widths[width] = plan.problems["p"].module.in_features
+    assert widths == {3: 3, 5: 5}

@@ -87,5 +87,6 @@ def test_compile_json_lists_the_plan(capsys):
     assert "def forward(self, x, y)" in plan["problems"][0]["loss"]["code"]
     assert plan["edges"] == [{"upper": "outer", "lower": "inner", "every": 1, "method": "neumann",
                               "args": {"iterations": 2, "alpha": 0.1},  # the lr of 'inner'
-                              "method_from": "engine hypergrad",
+                              "method_from": "engine hypergrad", "every_from": "default",
+                              "warmup": 0, "warmup_from": "default", "args_from": {},
                               "note": "alpha = the lr of 'inner'"}]

@@ -107,7 +107,7 @@ def test_constant_keeps_its_spelling():
     ("let x = 1 $", "1:11: unexpected character '$'"),
     ("problem a { module = }", "1:22: expected an expression, got '}'"),
     ("let x = f(a=1, 2)", "1:16: positional argument follows keyword argument"),
-    ("problem a", "1:10: expected '{' or 'depends', got end of line"),
+    ("problem a", "1:10: expected '{', '<' or 'depends', got end of line"),
     ("let x = 1 == 1", "1:11: unexpected '=='"),
 ])
 def test_syntax_errors(src, expected):

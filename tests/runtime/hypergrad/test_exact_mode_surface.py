@@ -7,7 +7,8 @@ from mlodsl import Config, MLOError
 from mlodsl.compiler.front.check import check
 from mlodsl.compiler.front.parse import parse
 from tests.support.multilevel import (VecModule, build_engine, exact_hypergradient,
-                                      frozen_hypergradient, nested_solution, rel_err)
+                                      frozen_hypergradient, nested_solution, rel_err,
+                                      run_and_record)
 from tests.support.shapes import three_level
 
 PROGRAM = """
@@ -70,12 +71,15 @@ def test_config_accepts_the_mode():
     assert Config().multilevel == "frozen"
     with pytest.raises(MLOError, match="multilevel"):
         Config(multilevel="exakt")
-    # the lower's Config may set it too, as for every method field
+    # through the Python API: the lower's Config governs the edge into it (Betty's reading)
     program = three_level(middle="quadratic")
-    engine = build_engine(program, {"top": dict(type="cg", cg_iterations=10),
-                                    "mid": dict(type="cg", cg_iterations=10,
-                                                multilevel="exact")})
+    engine = build_engine(program, {"mid": dict(type="cg", cg_iterations=10, cg_tol=1e-13,
+                                                multilevel="exact"),
+                                    "low": dict(type="cg", cg_iterations=10, cg_tol=1e-13)},
+                          own_configs=True)
     assert engine.edges[("top", "mid")].args["multilevel"] == "exact"
+    got = run_and_record(engine, "top")[0]
+    assert rel_err(got, exact_hypergradient(program, "top")) <= 1e-6
 
 
 def test_an_unrolled_level_below_an_exact_middle_is_refused():

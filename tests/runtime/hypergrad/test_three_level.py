@@ -71,11 +71,12 @@ def _engine(top_method, mid_method, lr=0.0, iterative_low=False):
     def sgd(m):
         return torch.optim.SGD(m.parameters(), lr=lr)
     mods = Vec(w), Vec(a), Vec(B0)
-    low = (LowIter if iterative_low else Low)(name="low", module=mods[0], optimizer=sgd(mods[0]), train_data_loader=[0])
+    # Betty's reading: each lower's Config names the method of the edges above it.
+    low = (LowIter if iterative_low else Low)(name="low", module=mods[0], optimizer=sgd(mods[0]),
+                                              train_data_loader=[0], config=Config(**mid_method))
     mid = Mid(name="mid", module=mods[1], optimizer=sgd(mods[1]), train_data_loader=[0],
-              config=Config(**mid_method))
-    top = Top(name="top", module=mods[2], optimizer=sgd(mods[2]), train_data_loader=[0],
               config=Config(**top_method))
+    top = Top(name="top", module=mods[2], optimizer=sgd(mods[2]), train_data_loader=[0])
     engine = Engine(config=EngineConfig(train_iters=1, valid_step=0), problems=[top, mid, low],
                     dependencies={"l2u": {low: [mid], mid: [top]},
                                   "u2l": {top: [mid, low], mid: [low]}})
