@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = ["Argument", "MethodSignature", "METHODS", "MULTILEVEL_MODES", "BadMethodArgument",
-           "method_field", "EXTRA_METHOD_FIELDS"]
+           "method_field", "EXTRA_METHOD_FIELDS", "without_default_mode"]
 
 
 class BadMethodArgument(ValueError):
@@ -130,6 +130,16 @@ def _pos_float(name, default, config_field=None, doc=""):
 #: through their own edges' methods; costs two solves per level below for every Hessian-vector
 #: product, and is the nested problem's derivative when the inverses below are converged.
 MULTILEVEL_MODES = ("frozen", "exact")
+
+
+def without_default_mode(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` without ``multilevel`` when it is the default, ``"frozen"``: it is the chain's
+    setting, not the method's, and edges and plans show it only where it changes something.
+
+    >>> without_default_mode({"alpha": 0.01, "multilevel": "frozen"})
+    {'alpha': 0.01}
+    """
+    return {k: v for k, v in args.items() if not (k == "multilevel" and v == "frozen")}
 
 
 def _multilevel():

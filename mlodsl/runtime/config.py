@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError, did_you_mean
-from mlodsl.methods import METHODS, method_field
+from mlodsl.methods import METHODS, method_field, without_default_mode
 from mlodsl.settings import CONFIG_SETTINGS, ENGINE_CONFIG_SETTINGS, Setting, SettingError
 
 __all__ = ["Config", "EngineConfig", "EdgeSettings", "edge_settings", "ConfigConflictWarning"]
@@ -272,4 +272,5 @@ def edge_settings(upper: Config, lower: Config, lower_iterative: bool = False,
         name = method_field(method, arg.name)
         if name is not None:
             args[arg.name] = pick(name)
-    return EdgeSettings(method, METHODS[method].bind(args), every, warmup, sources, conflicts)
+    return EdgeSettings(method, without_default_mode(METHODS[method].bind(args)), every, warmup,
+                        sources, conflicts)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError
-from mlodsl.methods import METHODS
+from mlodsl.methods import METHODS, without_default_mode
 
 __all__ = ["Edge"]
 
@@ -56,11 +56,7 @@ class Edge:
             raise MLOError(f"edge {self.upper} -> {self.lower}: unknown hypergradient method "
                            f"'{self.method}'")
         # Frozen: the normalised values are set through object.__setattr__ (dataclass idiom).
-        args = METHODS[self.method].bind(dict(self.args or {}))
-        # 'multilevel' is the chain's setting, not the method's: kept only when it is not the
-        # default, so that plans and messages show it where it changes something
-        if args.get("multilevel") == "frozen":
-            del args["multilevel"]
+        args = without_default_mode(METHODS[self.method].bind(dict(self.args or {})))
         object.__setattr__(self, "args", args)
         object.__setattr__(self, "every", int(self.every))
         object.__setattr__(self, "warmup", int(self.warmup))
