@@ -188,8 +188,11 @@ ENGINE_FIELDS: dict[str, Setting] = _table(
     Setting("checkpoint_every", "iterations between checkpoints", POSITIVE_INT),
     Setting("early_stop", "early-stopping rule on the validation metric"),
     # extensions (not in LANGUAGE.md; documented in docs/language.md)
-    Setting("checkpoint_keep", "number of checkpoints kept", POSITIVE_INT),
+    Setting("checkpoint_keep", "number of newest checkpoints kept, 0 for all (plus the best "
+            "one when validating)", NONNEG_INT),
     Setting("on_nan", "'stop' or 'skip' on a NaN loss", ON_NAN),
+    Setting("timeout", "seconds a distributed rank waits for the others (default 600)",
+            POSITIVE_NUMBER),
     Setting("compile", "True: run the loss graphs' first-order evaluations through "
             "torch.compile", BOOL),
 )
@@ -279,8 +282,9 @@ ENGINE_CONFIG_SETTINGS: dict[str, Setting] = _table(
     Setting("seed", "seeds torch, random and numpy before the run (None: no seeding)"),
     Setting("log_step", "iterations between console log lines (0: none)", None, 0),
     Setting("checkpoint_every", "iterations between checkpoints (0: none)", NONNEG_INT, 0),
-    Setting("checkpoint_dir", "folder of the checkpoints"),
-    Setting("checkpoint_keep", "checkpoints kept (0: all)", NONNEG_INT, 3),
+    Setting("checkpoint_dir", "folder of the checkpoints (None: run_dir/checkpoints)"),
+    Setting("checkpoint_keep", "newest checkpoints kept, 0 for all (plus the best one when "
+            "validating)", NONNEG_INT, 3),
     Setting("on_nan", "what a NaN loss does", ON_NAN, "stop"),
     Setting("progress", "a progress bar on a terminal, plain lines elsewhere", None, False),
     Setting("precision", "the default precision of every problem", PRECISION, "fp32"),
@@ -289,4 +293,6 @@ ENGINE_CONFIG_SETTINGS: dict[str, Setting] = _table(
             False),
     Setting("resume_from", "a checkpoint folder to continue from"),
     Setting("run_dir", "a folder that receives metrics.jsonl and metrics.csv"),
+    Setting("timeout", "seconds a distributed rank waits for the others", POSITIVE_NUMBER,
+            600.0),
 )

@@ -1,11 +1,14 @@
 """``mlodsl fmt FILE... [--check]``: rewrite .mlo files in canonical layout.
 
-Without ``--check`` each file that changes is rewritten in place (``reformatted FILE``). With
+Without ``--check`` each file that changes is replaced (``reformatted FILE``) atomically: the
+formatted text goes to a temporary file in the same folder, is flushed to disk and renamed over
+the original, so a full disk or a kill leaves the original whole, never a part. With
 ``--check`` nothing is written: the files that would change are listed and the status is 1.
 A file that does not parse is reported like ``mlodsl check`` does, with status 2.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["add_arguments", "main"]
@@ -24,6 +27,7 @@ def main(args) -> int:
     from mlodsl.compiler.front.fmt import format_program
     from mlodsl.compiler.front.parse import decode_source
     from mlodsl.diagnostics import MLOError, render_text
+    from mlodsl.runtime.run_folder import atomic_write
 
     status = 0
     for path in args.files:
@@ -48,10 +52,10 @@ def main(args) -> int:
             status = max(status, 1)
             continue
         try:
-            with open(path, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(formatted)
+            atomic_write(os.path.realpath(path), formatted)  # a symlink stays a symlink
         except OSError as exc:
-            sys.stderr.write(f"mlodsl: error: cannot write '{path}': {exc.strerror or exc}\n")
+            sys.stderr.write(f"mlodsl: error: cannot write '{path}': {exc.strerror or exc} "
+                             "(the file is unchanged)\n")
             status = 2
             continue
         sys.stdout.write(f"reformatted {path}\n")

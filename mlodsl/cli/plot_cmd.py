@@ -8,7 +8,6 @@ Torch is never imported.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from pathlib import Path
@@ -35,13 +34,10 @@ def load_run(run_dir: str | Path) -> list[dict]:
     """The records of a run folder (from metrics.jsonl, else metrics.csv)."""
     d = Path(run_dir)
     if (d / "metrics.jsonl").exists():
-        out = []
-        for line in (d / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed run
-        return out
+        from mlodsl.runtime.run_folder import read_metrics
+
+        # Lines that are not records (a torn last line, a stray byte) are skipped, each named.
+        return read_metrics(d / "metrics.jsonl")
     if (d / "metrics.csv").exists():
         with open(d / "metrics.csv", newline="", encoding="utf-8") as f:
             return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]

@@ -4,7 +4,7 @@
 Trains with a progress bar (the iteration rate, the time left and each problem's last loss),
 writes the run folder (default ``runs/<program-stem>-<timestamp>``):
 
-* ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record;
+* ``metrics.jsonl`` / ``metrics.csv`` - every logged loss and validation record (appended);
 * ``checkpoints/`` - the last checkpoints (every ``checkpoint_every`` iterations, and at the
   end or on Ctrl-C / SIGTERM), from which ``--resume DIR`` continues exactly;
 * ``summary.json`` and ``summary.md`` - how the run ended (finished, early-stopped, diverged,
@@ -12,9 +12,12 @@ writes the run folder (default ``runs/<program-stem>-<timestamp>``):
   learned hyperparameters of small problems (:mod:`mlodsl.runtime.summary`), written in every
   ending;
 
-and prints the summary (``mlodsl show DIR`` prints it again). ``--nproc N`` runs N
-data-parallel processes on this machine (through ``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure
-(e.g. a loss that became NaN), 2 for an error in the program or its overrides.
+and prints the summary (``mlodsl show DIR`` prints it again). The folder is guarded by
+:mod:`mlodsl.runtime.run_folder` before anything is compiled: a lock (a second run on it fails
+at once), no new run in a folder that holds one, ``--resume`` only from a checkpoint, write
+access checked. ``--nproc N`` runs N data-parallel processes on this machine (through
+``mlodsl.runtime.distributed.launch``). Exit status: 0, 1 for a run failure (e.g. a loss that
+became NaN), 2 for an error in the program, its overrides or the run folder.
 """
 from __future__ import annotations
 
@@ -90,12 +93,10 @@ def _run_folders(args) -> tuple[str, str | None]:
         resume = args.resume
         if os.path.isdir(os.path.join(resume, "checkpoints")):
             return (args.out or resume), os.path.join(resume, "checkpoints")
-        if any(n.startswith("ckpt-") for n in os.listdir(resume)) if os.path.isdir(resume) \
-                else False:
+        if os.path.isdir(resume) and any(n.startswith("ckpt-") for n in os.listdir(resume)):
             return (args.out or os.path.dirname(os.path.abspath(resume))), resume
-        from mlodsl.diagnostics import MLOError
-        raise MLOError(f"--resume {resume}: no run folder with checkpoints there",
-                       hint="give the folder of an earlier `mlodsl run` (it holds checkpoints/)")
+        # Nothing to resume from: run_folder.prepare says so (exit status 2).
+        return (args.out or resume), os.path.join(resume, "checkpoints")
     return (args.out or default_run_dir(args.file)), None
 
 
@@ -119,9 +120,8 @@ def _launch(args, out: str) -> int:
 
 def main(args) -> int:
     """Run ``mlodsl run``; returns the exit status."""
-    from mlodsl.cli.compile_cmd import print_warnings
-    from mlodsl.compiler.api import compile as compile_program
     from mlodsl.diagnostics import MLOError
+    from mlodsl.runtime import run_folder
 
     if args.nproc < 1:
         raise MLOError(f"--nproc must be >= 1, got {args.nproc}")
@@ -131,16 +131,34 @@ def main(args) -> int:
     distributed_child = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not distributed_child:
         return _launch(args, out)
-    if distributed_child:
-        # Join the group before compiling: data loaders are sharded when they are built.
-        from mlodsl.runtime import distributed as dist
-        dist.setup(None)
-    plan = compile_program(args.file, overrides=_overrides(args))
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    # Rank 0 owns the folder: locked and checked before compiling, so that a second run on
+    # it, or a folder that cannot be written, fails at once.
+    lock = run_folder.prepare(out, resume) if main_rank else None
+    try:
+        if lock is not None and lock.taken_over:
+            sys.stderr.write(f"mlodsl: note: {out} was locked by a run that is no longer "
+                             f"running ({lock.taken_over}); taking it over\n")
+        return _compile_and_run(args, out, resume, main_rank)
+    finally:
+        if lock is not None:
+            lock.release()
+            run_folder.remove_if_empty(out)
+
+
+def _compile_and_run(args, out: str, resume: str | None, main_rank: bool) -> int:
+    from mlodsl.cli.compile_cmd import print_warnings
+    from mlodsl.compiler.api import compile as compile_program
+    from mlodsl.runtime import distributed as dist
+
+    # A distributed child joins its process group in the engine (with the program's
+    # timeout); data loaders built while compiling shard by torchrun's RANK/WORLD_SIZE.
+    plan = compile_program(args.file, overrides=_overrides(args))
     if main_rank:
         print_warnings(plan)
         sys.stderr.write(f"mlodsl: running {args.file} -> {out}\n")
     try:
+        # plan.run writes summary.json in every ending (mlodsl.runtime.summary).
         plan.run(run_dir=out, resume=resume, checkpoint_dir=os.path.join(out, "checkpoints"),
                  progress=not args.quiet, console=not args.quiet)
     except BaseException:
@@ -152,4 +170,5 @@ def main(args) -> int:
     if main_rank:
         from mlodsl.runtime.summary import render_summary
         sys.stdout.write(render_summary(plan.summary) + "\n")
+    dist.shutdown()  # every rank leaves the group together (none exits mid-conversation)
     return 0

@@ -140,7 +140,11 @@ class EngineConfig:
     """Configuration of the whole run (Betty 0.2.1's fields and defaults, plus a few of ours).
 
     Ours: ``seed`` (seeds torch, random and numpy before the run), ``log_step`` (engine-level
-    console logging period), ``checkpoint_every``/``checkpoint_dir``/``checkpoint_keep``,
+    console logging period), ``checkpoint_every``/``checkpoint_dir``/``checkpoint_keep`` (``checkpoint_dir``
+    defaults to ``run_dir/checkpoints``; ``checkpoint_keep`` counts the newest kept, and the
+    best one by ``early_stopping_metric`` is kept too when the run validates),
+    ``timeout`` (seconds a distributed rank waits for the others before the run ends with an
+    error; 10 minutes by default),
     ``resume_from`` (a checkpoint folder to continue from; a fresh start when it holds none),
     ``on_nan`` (``"stop"`` or ``"skip"``), ``progress`` (a progress bar on a terminal, plain
     lines elsewhere), ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``: the default of every
@@ -174,6 +178,7 @@ class EngineConfig:
     compile: bool = _E["compile"].default
     resume_from: str | None = _E["resume_from"].default
     run_dir: str | None = _E["run_dir"].default
+    timeout: float = _E["timeout"].default
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any):
@@ -183,8 +188,8 @@ class EngineConfig:
                 setattr(self, f.name, kwargs.get(f.name, f.default))
         self._explicit = frozenset(kwargs)
         _validate("EngineConfig", ENGINE_CONFIG_SETTINGS, self)
-        if self.checkpoint_every and not self.checkpoint_dir:
-            raise MLOError("EngineConfig(checkpoint_every=...) needs checkpoint_dir=...")
+        # checkpoint_every without checkpoint_dir is checked when the run starts: the CLI (and
+        # plan.run) name the folder only then, under the run folder.
 
     def explicitly_set(self, name: str) -> bool:
         """Whether ``name`` was passed to the constructor (rather than left at its default)."""

@@ -10,16 +10,25 @@ and writes checkpoints; validation results are broadcast so that early stopping 
 ``ReduceLROnPlateau`` decide the same on every rank.
 
 Backends: ``gloo`` on the CPU, ``nccl`` on CUDA (one GPU per process, ``LOCAL_RANK``).
+
+Every rank waits at most ``timeout`` seconds (``EngineConfig.timeout``, 10 minutes by default)
+for the others, when joining the group and in every collective: a rank that died or hangs ends
+the run on every rank with an error that says so (:func:`collective`), rather than a job that
+hangs forever. A rank stopped by SIGTERM (torchrun stops the others when one fails) that cannot
+reach the end of its iteration within ``timeout`` exits without a final checkpoint
+(:func:`exit_after`).
 Several machines work through torchrun's own arguments (``--nnodes``, ``--rdzv-endpoint``);
 see ``docs/systems.md``.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import socket
-import subprocess
 import sys
-from typing import Any, Callable, Sequence
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,7 +37,12 @@ from mlodsl.diagnostics import MLOError
 
 __all__ = ["is_active", "rank", "world_size", "is_main", "wants_distributed", "setup",
            "local_device", "broadcast_tensors", "average_gradients", "average_tensors",
-           "broadcast_object", "gather_objects", "any_flag", "launch"]
+           "broadcast_object", "gather_objects", "any_flag", "launch", "collective",
+           "exit_after", "shutdown", "DEFAULT_TIMEOUT"]
+
+#: Seconds a rank waits for the others (``EngineConfig.timeout``'s default).
+DEFAULT_TIMEOUT = 600.0
+_timeout = DEFAULT_TIMEOUT  # the group's, once set up
 
 
 def is_active() -> bool:
@@ -74,12 +88,14 @@ def wants_distributed(strategy: str) -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or is_active()
 
 
-def setup(backend: str | None = None) -> None:
+def setup(backend: str | None = None, timeout: float | None = None) -> None:
     """Join the process group described by torchrun's environment (idempotent).
 
     ``backend`` None or ``"nccl"`` without CUDA falls back to ``gloo``: Betty's default
-    ``backend="nccl"`` then still works on the CPU.
+    ``backend="nccl"`` then still works on the CPU. ``timeout`` (seconds, default
+    :data:`DEFAULT_TIMEOUT`) bounds joining and every collective.
     """
+    global _timeout
     if not dist.is_available():
         raise MLOError("this build of torch has no torch.distributed", kind="run")
     if dist.is_initialized():
@@ -93,7 +109,51 @@ def setup(backend: str | None = None) -> None:
                             "--nproc_per_node N script.py`, or mlodsl.runtime.distributed.launch")
     if backend is None or (backend == "nccl" and not torch.cuda.is_available()):
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    _timeout = float(timeout if timeout is not None else DEFAULT_TIMEOUT)
+    with collective("joining the process group"):
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=_timeout))
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn the failure of a collective (a rank that died, or did not answer within the
+    timeout) into one clear error on this rank (exit status 1)."""
+    try:
+        yield
+    except RuntimeError as err:  # DistBackendError, DistNetworkError, timeouts
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise MLOError(
+            f"rank {rank()} of {world_size()}: {what} failed: another rank stopped or did not "
+            f"answer within the timeout of {_timeout:g} s ({type(err).__name__}: {first})",
+            kind="run", hint="the other ranks' messages say why; for steps slower than the "
+                             "timeout raise `timeout` in the engine block") from err
+
+
+def shutdown() -> None:
+    """Leave the process group (every rank, at the end of a run): wait for the others, then
+    destroy it, so no rank exits while another still talks to it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        with collective("waiting for the other ranks to finish (barrier)"):
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def exit_after(seconds: float, message: str, status: int) -> threading.Timer:
+    """Exit the process with ``status`` after ``seconds`` unless cancelled (a daemon timer):
+    a rank told to stop that hangs (in user code, say) still ends."""
+    def stop() -> None:
+        sys.stderr.write(f"mlodsl: error: rank {rank()}: {message}\n")
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def local_device(requested: Any) -> Any:
@@ -116,7 +176,8 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor]) -> None:
         return
     with torch.no_grad():
         for t in tensors:
-            dist.broadcast(t.data, src=0)
+            with collective("broadcasting the parameters"):
+                dist.broadcast(t.data, src=0)
 
 
 def average_tensors(tensors: Sequence[torch.Tensor]) -> None:
@@ -124,7 +185,8 @@ def average_tensors(tensors: Sequence[torch.Tensor]) -> None:
     if not is_active() or not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    with collective("averaging gradients (all_reduce)"):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
     offset = 0
     for t in tensors:
@@ -150,7 +212,8 @@ def average_differentiable(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return list(grads)
     from torch.distributed.nn.functional import all_reduce
 
-    return [all_reduce(g, op=dist.ReduceOp.SUM) / world_size() for g in grads]
+    with collective("averaging unrolled gradients (all_reduce)"):
+        return [all_reduce(g, op=dist.ReduceOp.SUM) / world_size() for g in grads]
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -158,7 +221,8 @@ def broadcast_object(obj: Any) -> Any:
     if not is_active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with collective("broadcasting from rank 0"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -167,7 +231,8 @@ def gather_objects(obj: Any) -> list[Any] | None:
     if not is_active():
         return [obj]
     out = [None] * world_size() if is_main() else None
-    dist.gather_object(obj, out, dst=0)
+    with collective("gathering the checkpoint's per-rank state"):
+        dist.gather_object(obj, out, dst=0)
     return out
 
 
@@ -178,7 +243,8 @@ def any_flag(flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0])
     if dist.get_backend() == "nccl":
         t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    with collective("agreeing on whether to stop (all_reduce)"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
 
@@ -207,7 +273,8 @@ def launch(nproc: int, fn_or_argv: Callable | Sequence[str], *args: Any) -> int:
     ``fn_or_argv`` is either a picklable function (a module-level one), started in each process
     by ``torch.multiprocessing.spawn`` with torchrun's environment set and called as
     ``fn(*args)``, or a command line (``["script.py", "--flag"]`` or ``["-m", "module", ...]``)
-    started by ``python -m torch.distributed.run --standalone --nproc_per_node nproc``. For
+    run as ``torchrun --standalone --nproc_per_node nproc`` would (torchrun's agent runs in
+    this process); failed ranks are reported one line each (how they ended), status 1. For
     several machines call torchrun yourself (``docs/systems.md``).
     """
     if nproc < 1:
@@ -217,6 +284,40 @@ def launch(nproc: int, fn_or_argv: Callable | Sequence[str], *args: Any) -> int:
 
         mp.spawn(_spawned, args=(nproc, _free_port(), fn_or_argv, args), nprocs=nproc, join=True)
         return 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", *[str(a) for a in fn_or_argv]]
-    return subprocess.call(cmd)
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(["--standalone", f"--nproc_per_node={nproc}",
+                                *[str(a) for a in fn_or_argv]])
+    try:
+        torchrun.run(args)  # torchrun itself, in this process: its failures are ours to word
+    except ChildFailedError as err:
+        first, _ = err.get_first_failure()  # torchrun's root cause
+        failures = dict(err.failures)
+        sys.stderr.write(describe_failures({first: failures.pop(first), **failures}) + "\n")
+        return 1
+    return 0
+
+
+def describe_failures(failures: dict) -> str:
+    """One line per failed rank (torchrun's ``ProcessFailure``s), the root cause first."""
+    import signal as _signal
+
+    def how(f) -> str:
+        code = getattr(f, "exitcode", None)
+        if isinstance(code, int) and code < 0:
+            try:
+                return f"was killed by {_signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        if isinstance(code, int) and code > 128:
+            try:
+                return f"stopped on {_signal.Signals(code - 128).name} (exit status {code})"
+            except ValueError:
+                pass
+        return f"ended with exit status {code}"
+
+    first = next(iter(failures))
+    lines = [f"mlodsl: error: distributed run failed: rank {first} {how(failures[first])}"]
+    lines += [f"  then rank {r} {how(f)}" for r, f in sorted(failures.items()) if r != first]
+    return "\n".join(lines)

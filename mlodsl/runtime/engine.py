@@ -25,6 +25,7 @@ the run folder (:class:`~mlodsl.runtime.logging.RunWriter`).
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any, Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ from mlodsl.runtime.progress import make_progress
 from mlodsl.runtime.problem import Problem
 from mlodsl.runtime.problem_list import ProblemList
 from mlodsl.runtime.rollback import RollBack
+from mlodsl.runtime.run_folder import check_writable
 from mlodsl.runtime.schedule import Schedule
 from mlodsl.runtime.seeding import rng_state, seed_everything, set_rng_state
 from mlodsl.runtime.state import TrainingState
@@ -165,9 +167,10 @@ class Engine:
         requested = device if device is not None else getattr(self.config, "device", None)
         self.distributed = dist.wants_distributed(self.config.strategy)
         if self.distributed:
-            dist.setup(self.config.backend)
+            dist.setup(self.config.backend, self.config.timeout)
             requested = dist.local_device(requested)
             self.history.console = dist.is_main()  # only rank 0 logs
+            self.history.show_warnings = dist.is_main()
         self._device = resolve_device(requested)
         if env is not None:
             self._initialize_env(env)
@@ -176,6 +179,9 @@ class Engine:
             p.set_relations(self._relations_of(p.name, dependencies))
         self.precision = Precision(self)
         self._evaluate = LossEvaluator(by_name, self.precision)
+        # compile = True: whole iterations captured and compiled (runtime/compiled/), built
+        # at the first iteration
+        self._whole = None
         if self.distributed:  # every rank starts from rank 0's parameters and buffers
             dist.broadcast_tensors(self.training_state().module_tensors())
 
@@ -325,8 +331,17 @@ class Engine:
         """
         for problem in self.problems:  # parameters are read afresh once per iteration
             problem.invalidate_parameter_cache()
-        for name in self.schedule.iteration():
-            self._scheduled_step(self.problems[name])
+        names = self.schedule.iteration()
+        batches = {}
+        if self.config.compile:
+            if self._whole_iteration().run(names):
+                for name in names:
+                    self._captured_step_done(self.problems[name])
+                self._guard.check()
+                return
+            batches = self._whole.prefetched  # read already by a capture that fell back
+        for name in names:
+            self._scheduled_step(self.problems[name], batches.get(name))
         self._guard.check()
 
     def step_problem(self, problem: Problem, global_step: int | None = None) -> None:
@@ -342,13 +357,13 @@ class Engine:
         for name in self.schedule.cascade(problem.name):
             self._scheduled_step(self.problems[name])
 
-    def _scheduled_step(self, problem: Problem) -> None:
+    def _scheduled_step(self, problem: Problem, batch: Any = None) -> None:
         """One step the schedule asked for, with its hooks and the windows it closes."""
         name = problem.name
         if self.config.roll_back:
             self._roll_back.before_step(problem)
         problem.begin_step(self.global_step)
-        take_step(self, problem)
+        take_step(self, problem, batch=batch)
         problem.end_step(bool(self.schedule.uppers(name)))
         self._log_problem(problem)
         # A window below closes once every problem above it has differentiated through it,
@@ -360,6 +375,34 @@ class Engine:
         if self.config.roll_back:
             self._roll_back.after_upper(name, self.problems,
                                         lambda p: take_step(self, p, batch=p.cur_batch))
+
+    def _captured_step_done(self, problem: Problem) -> None:
+        """The bookkeeping of a step a captured iteration took (no hook of the problem's runs
+        between steps there: the compiled mode leaves problems that override
+        ``on_inner_loop_start`` eager)."""
+        problem.begin_step(self.global_step)
+        problem.end_step(bool(self.schedule.uppers(problem.name)))
+        self._log_problem(problem)
+        for lower in self.schedule.lowers(problem.name):
+            self.problems[lower].upper_stepped()
+
+    @property
+    def whole_iteration(self):
+        """The compiled mode's state (:class:`~mlodsl.runtime.compiled.WholeIteration`: which
+        patterns are captured, compile times, how many iterations ran captured); None unless
+        ``compile = True``."""
+        return self._whole_iteration() if self.config.compile else None
+
+    def _whole_iteration(self):
+        if self._whole is None:
+            from mlodsl.runtime.compiled import WholeIteration
+            self._whole = WholeIteration(self)
+        return self._whole
+
+    def compiles_loss_evaluations(self) -> bool:
+        """Whether eager steps run compiled loss graphs' first-order evaluations through
+        torch.compile: ``compile = True`` where whole iterations are not captured (fallback)."""
+        return bool(self.config.compile) and self._whole_iteration().falls_back
 
     def validation(self) -> dict | None:
         """Override to return validation metrics (a dict of numbers); None skips logging."""
@@ -403,6 +446,8 @@ class Engine:
         Call before :meth:`run`; the run then continues from the checkpoint's iteration.
         """
         self._resumed = ckpt.load_latest(self, directory)
+        if self._resumed:  # that checkpoint is on disk: the newest good one, so far
+            self.last_checkpoint_step = self.global_step
         return self._resumed
 
     def save_checkpoint(self, directory: str | None = None):
@@ -416,15 +461,29 @@ class Engine:
         if self._run_started:  # a second run() continues; nothing to set up again
             return
         self._run_started = True
+        if self.config.checkpoint_every and not self.config.checkpoint_dir:
+            if not self.config.run_dir:
+                raise MLOError("EngineConfig(checkpoint_every=...) needs somewhere to write: "
+                               "set checkpoint_dir (or run_dir: checkpoints then go to "
+                               "run_dir/checkpoints)")
+            self.config.checkpoint_dir = os.path.join(self.config.run_dir, "checkpoints")
+        if self.config.checkpoint_dir and dist.is_main():
+            # Found now, not after all the training: a folder that cannot be written.
+            check_writable(self.config.checkpoint_dir, "the checkpoint folder")
         if self.config.resume_from and not self._resumed:
             self.resume(self.config.resume_from)
         self._seed()
         if dist.is_main():
             for sink in make_sinks(self.config.logger_type, self.config.run_dir, self.history):
                 if hasattr(sink, "truncate_after"):
-                    # Drop what an interrupted run logged after its last checkpoint.
-                    (sink.truncate_after(self.global_step) if self.global_step
-                     else sink.clear())
+                    if self._resumed or self.config.resume_from:
+                        # Drop what an interrupted run logged after its last checkpoint.
+                        sink.truncate_after(self.global_step)
+                    elif sink.holds_records():  # never mix two runs, never delete one
+                        raise MLOError(
+                            f"run_dir {self.config.run_dir} already holds the metrics of "
+                            "another run", hint="give a new folder, or resume_from=... to "
+                            "continue that run")
                 self.history.sinks.append(sink)
 
     def _make_progress(self):
@@ -441,7 +500,10 @@ class Engine:
         if self._checkpoint_due and ckpt.can_checkpoint(self):
             self._checkpoint_due = False
             self._guard.check_parameters()
-            self.save_checkpoint()
+            try:
+                self.save_checkpoint()
+            except ckpt.CheckpointWriteError as err:
+                self._checkpoint_failed(err, final=self.global_step >= self.config.train_iters)
         interrupted = self._interrupt is not None
         if self.distributed:  # a signal may reach only some ranks: agree before stopping
             interrupted = dist.any_flag(interrupted)
@@ -463,7 +525,26 @@ class Engine:
                               f"at {self.last_checkpoint_step})")
             return
         self._guard.check_parameters()
-        self.save_checkpoint()
+        try:
+            self.save_checkpoint()
+        except ckpt.CheckpointWriteError as err:
+            self._checkpoint_failed(err, final=True)
+
+    def _checkpoint_failed(self, err: MLOError, final: bool) -> None:
+        """A checkpoint write failed (full disk...): the state is still in memory, so training
+        goes on and the next checkpoint tries again; the last one failing is an error."""
+        last = self.last_checkpoint_step
+        on_disk = (f"the newest checkpoint on disk is iteration {last}" if last is not None
+                   else "no checkpoint is on disk yet")
+        message = err.diagnostics[0].message
+        if final:
+            raise MLOError(f"{message}: the state of iteration {self.global_step} is not saved "
+                           f"({on_disk})", kind="run", hint="free disk space or choose another "
+                           "folder, and run again (with --resume if a checkpoint is on disk)"
+                           ) from err
+        every = self.config.checkpoint_every
+        nxt = f"iteration {(self.global_step // every + 1) * every}" if every else "the end"
+        self.history.warn(f"{message}; training goes on, the next try is at {nxt} ({on_disk})")
 
     def _install_signal_handlers(self) -> dict | None:
         # Only with somewhere to write to, and only from the main thread (Python's rule).
@@ -474,6 +555,12 @@ class Engine:
         def handler(signum, frame):
             if self._interrupt is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            if self._interrupt is None and self.distributed:
+                # torchrun stops every rank when one fails; one that hangs must still end.
+                dist.exit_after(self.config.timeout, f"stopped by {signal.Signals(signum).name}"
+                                f" and still not at the end of iteration {self.global_step} "
+                                f"after {self.config.timeout:g} s: exiting without a "
+                                "checkpoint", 128 + int(signum))
             self._interrupt = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):

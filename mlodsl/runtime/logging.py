@@ -12,6 +12,7 @@ when the ``tensorboard`` package is installed (:func:`make_sinks` says so clearl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from mlodsl.runtime.run_folder import atomic_write, read_metrics, truncate_metrics
 
 __all__ = ["MetricsLog", "to_number", "RunWriter", "TensorBoardSink", "make_sinks"]
 
@@ -45,12 +48,15 @@ class MetricsLog:
         self.records: list[dict] = []
         self.sinks: list[Callable[[dict], None]] = []
         self.console = console
+        #: Whether warnings reach stderr even when ``console`` is off (``--quiet``); the
+        #: engine turns it off on ranks other than 0.
+        self.show_warnings = True
 
-    def _emit(self, record: dict, line: str) -> None:
+    def _emit(self, record: dict, line: str, always: bool = False) -> None:
         self.records.append(record)
         for sink in self.sinks:
             sink(record)
-        if self.console:
+        if self.console or always:
             print(line, file=sys.stderr, flush=True)
 
     def log_problem(self, iteration: int, problem: str, step: int, loss: Any,
@@ -72,6 +78,12 @@ class MetricsLog:
         """Record a message."""
         self._emit({"kind": "info", "message": message}, message)
 
+    def warn(self, message: str) -> None:
+        """Record something the user must know (a checkpoint not written, a setting a resume
+        does not use); printed even without ``console``."""
+        self._emit({"kind": "warning", "message": message}, f"mlodsl: warning: {message}",
+                   always=self.show_warnings)
+
     def validation(self) -> list[dict]:
         """The validation records only."""
         return [r for r in self.records if r["kind"] == "validation"]
@@ -89,22 +101,28 @@ class RunWriter:
     """A MetricsLog sink writing a run folder: ``metrics.jsonl`` and ``metrics.csv``.
 
     ``metrics.jsonl`` gets one JSON object per record, appended and flushed at once (a killed
-    run keeps everything logged so far). ``metrics.csv`` has one row per record and a column per
-    key ever seen; it is rewritten when a new key appears (rare: the first records of a run).
-    On resume call :meth:`truncate_after` with the checkpoint's iteration, so that records the
-    interrupted run wrote after its last checkpoint are not repeated.
+    run keeps everything logged so far); it is never rewritten in place. ``metrics.csv`` has one
+    row per record and a column per key ever seen; it is rewritten (atomically) when a new key
+    appears (rare: the first records of a run). On resume call :meth:`truncate_after` with the
+    checkpoint's iteration, so that records the interrupted run wrote after its last checkpoint
+    are not repeated. ``warn`` reports lines of an existing file that are not records.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, warn: Callable[[str], None] | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
+        self._warn = warn
         self._rows: list[dict] = []
         self._columns: list[str] = []
         if self.jsonl.exists():
-            self._rows = read_records(self.jsonl)
+            self._rows = read_metrics(self.jsonl, warn)
             self._rewrite()
+
+    def holds_records(self) -> bool:
+        """Whether the folder already holds training or validation records (another run's)."""
+        return any(r.get("kind") in ("train", "validation") for r in self._rows)
 
     def __call__(self, record: dict) -> None:
         """Append one record to both files."""
@@ -118,19 +136,18 @@ class RunWriter:
             with open(self.csv, "a", newline="", encoding="utf-8") as f:
                 csv.DictWriter(f, self._columns).writerow(row)
 
-    def clear(self) -> None:
-        """Start the folder's metrics afresh (a new run in a used folder)."""
-        self._rows = []
-        self.jsonl.write_text("", encoding="utf-8")
-        self._rewrite()
-
     def truncate_after(self, iteration: int) -> None:
-        """Drop records of iterations after ``iteration`` (written before an interruption)."""
+        """Drop records of iterations after ``iteration`` (written before an interruption),
+        by an atomic rewrite (a kill during it leaves the old file whole)."""
+        try:
+            truncate_metrics(self.jsonl, iteration)
+        except OSError as err:
+            from mlodsl.diagnostics import MLOError
+            raise MLOError(f"cannot rewrite {self.jsonl} for the resume: "
+                           f"{err.strerror or err} (the file is unchanged)", kind="run",
+                           hint="free disk space and resume again") from err
         self._rows = [r for r in self._rows
                       if not isinstance(r.get("iteration"), int) or r["iteration"] <= iteration]
-        with open(self.jsonl, "w", encoding="utf-8") as f:
-            for row in self._rows:
-                f.write(json.dumps(row) + "\n")
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -138,27 +155,11 @@ class RunWriter:
         for row in self._rows:
             columns.extend(k for k in row if k not in columns)
         self._columns = columns
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(self._rows)
-        os.replace(tmp, self.csv)
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (a torn last line is ignored)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-    return out
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(self._rows)
+        atomic_write(self.csv, text.getvalue())
 
 
 class TensorBoardSink:
@@ -192,7 +193,7 @@ def make_sinks(logger_type: str, run_dir: str | None, log: "MetricsLog") -> list
     """
     sinks: list[Callable] = []
     if run_dir:
-        sinks.append(RunWriter(run_dir))
+        sinks.append(RunWriter(run_dir, log.warn))
     if logger_type == "tensorboard":
         try:
             sinks.append(TensorBoardSink(Path(run_dir or "runs") / "tensorboard"))

@@ -166,7 +166,12 @@ def _checkpoint_files(directory: str) -> dict:
     out = {}
     if found:
         out["last_checkpoint"] = str(found[-1].resolve())
-    if best:
+    from mlodsl.runtime.run_folder import best_checkpoint
+
+    kept = best_checkpoint(d)  # the one checkpoint_keep keeps for its validation metric
+    if kept is not None:
+        out["best_checkpoint"] = str(kept[0].resolve())
+    elif best:
         out["best_checkpoint"] = str(best[-1].resolve())
     return out
 
@@ -185,12 +190,9 @@ def _clean(value: Any) -> Any:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from mlodsl.runtime.run_folder import atomic_write
+
+    atomic_write(path, text)  # a failed write leaves neither a partial nor a temporary file
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:

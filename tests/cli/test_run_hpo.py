@@ -112,4 +112,4 @@ def test_resume_continues_exactly(capsys, tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4, 5, 6]
     status, _, err = run_cli(["run", program, "--resume", tmp_path / "nothing"], capsys)
-    assert status == 2 and "no run folder with checkpoints" in err
+    assert status == 2 and "no checkpoint in" in err

@@ -94,15 +94,16 @@ def test_checkpoint_of_another_program_is_refused(tmp_path):
     d = tmp_path / "ck"
     _run(P.build(2, engine_kwargs=dict(checkpoint_dir=str(d))))
     state = torch.load(ckpt.list_checkpoints(d)[0], weights_only=True)
-    del state["problems"]["upper"]
+    del state["problems"]["upper"], state["meta"]["problems"]["upper"]
+    state["checksum"] = ckpt.state_checksum(state)  # intact, but of another program
     torch.save(state, d / "ckpt-00000003.pt")
-    with pytest.raises(MLOError, match="does not match"):
+    with pytest.raises(MLOError, match="does not match this program: problem.s. upper not in"):
         P.build(5).resume(str(d))
 
 
 def test_checkpoint_every_needs_a_directory():
     with pytest.raises(MLOError, match="checkpoint_dir"):
-        P.build(2, engine_kwargs=dict(checkpoint_every=1))
+        P.build(2, engine_kwargs=dict(checkpoint_every=1)).run()
 
 
 def _start(tmp_path, iters, slow):
@@ -136,7 +137,7 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
         expected = 143 if sig == signal.SIGTERM else -signal.SIGKILL
         assert proc.returncode == expected, proc.stderr.read()
         saved = ckpt.list_checkpoints(tmp_path / "ck")
-        assert saved and len(saved) <= 2  # checkpoint_keep=2
+        assert saved and len(saved) <= 3  # checkpoint_keep=2, and the best validation
         stopped_at = int(saved[-1].stem.split("-")[1])
         # ITER n is printed just before checkpoint n; SIGTERM finishes the iteration it hit
         assert max(at - 1, last + 1) <= stopped_at < iters

@@ -11,8 +11,10 @@ An override replaces a piece of the program's IR before it is checked and lowere
 * ``classifier.scheduler=None`` - clears an optional field (``hpo.via=None`` an edge's ``via``,
   ``hpo.every=None`` its ``every``).
 
-The value is parsed with :func:`~mlodsl.compiler.front.parse.parse_expression` and the whole program
-is checked again, so a bad override gets the same diagnostics as bad source; they point into
+The value is parsed with :func:`~mlodsl.compiler.front.parse.parse_expression`; it must be
+data, not code (a literal, a name the program binds, or a call of such a name with literal
+arguments: :mod:`mlodsl.compiler.front.override_values`). The whole program is then checked
+again, so a bad override gets the same diagnostics as bad source; they point into
 the override's own text (labelled ``--set TARGET``).
 
 Example::
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from mlodsl.compiler import ir
+from mlodsl.compiler.front.names import BUILTINS
+from mlodsl.compiler.front.override_values import bound_names, check_value
 from mlodsl.compiler.front.parse import parse_expression
 from mlodsl.compiler.front.sources import SourceMap
 from mlodsl.diagnostics import Diagnostic, MLOError, Span, did_you_mean
@@ -127,10 +131,20 @@ def apply_overrides(program: ir.Program, overrides: Iterable[Override],
                     sources: SourceMap) -> ir.Program:
     """``program`` with every override applied (later ones win); raises MLOError for a bad
     target. The override's nodes are registered in ``sources``."""
+    names = bound_names(program, BUILTINS)
     for o in overrides:
         sources.add(o.value, o.label, o.text)
+        check_value(o.value, names, _value_error(o, sources))
         program = _apply(program, o, sources)
     return program
+
+
+def _value_error(o: Override, sources: SourceMap):
+    """The ``fail`` callback of :func:`check_value`: a diagnostic inside ``o``'s text."""
+    def fail(node, message: str, hint: str | None = None, span: Span | None = None):
+        where = span or getattr(node, "span", None)
+        return _with_sources(_error(o.label, o.text, where, message, hint), sources)
+    return fail
 
 
 def _apply(program: ir.Program, o: Override, sources: SourceMap) -> ir.Program:

@@ -37,8 +37,9 @@ def _message(field: str) -> str:
 @pytest.mark.parametrize("literal, computed, message", [
     ('precision = "fp64"', 'precision = "fp" + "64"',
      "'precision' of the engine must be one of \"fp32\", \"bf16\", \"fp16\", got 'fp64'"),
-    ("checkpoint_keep = 0", "checkpoint_keep = 1 - 1",
-     "'checkpoint_keep' of the engine must be a positive integer, got 0"),
+    ("checkpoint_keep = -1", "checkpoint_keep = 1 - 2",
+     "'checkpoint_keep' of the engine must be an integer >= 0, got -1"),
+    ("timeout = 0", "timeout = 1 - 1", "'timeout' of the engine must be a number > 0, got 0"),
     ("compile = 1", "compile = 2 - 1", "'compile' of the engine must be True or False, got 1"),
 ])
 def test_checker_and_lowering_say_the_same(literal, computed, message):
