@@ -7,6 +7,7 @@ the front half and the runtime; the CLI on everything and nothing on the CLI. No
 and no module reaches into another object's private attributes.
 """
 import ast
+import re
 from pathlib import Path
 
 import mlodsl
@@ -216,3 +217,34 @@ def test_the_private_attribute_check_finds_a_reach_in():
               "        return other._window, getattr(other, '_count'), torch._foreach_norm\n")
     hits = [h.split(": ", 1)[1] for h in _private_reach_ins(source, "probe.py")]
     assert sorted(hits) == sorted(["other._window", "getattr(other, '_count')"])
+
+
+def _homes_table() -> set[str]:
+    """The paths the first column of docs/architecture.md's "Homes" table names (braces
+    expanded: ``runtime/{a,b}.py`` is ``runtime/a.py`` and ``runtime/b.py``)."""
+    text = (ROOT.parent / "docs" / "architecture.md").read_text()
+    table = text.split("## Homes", 1)[1].split("\n## ", 1)[0]
+    paths = set()
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        for path in re.findall(r"`([^`]+)`", line.split(" | ", 1)[0]):
+            m = re.fullmatch(r"(.*)\{(.*)\}(.*)", path)
+            paths |= {m[1] + part + m[3] for part in m[2].split(",")} if m else {path}
+    return paths
+
+
+def test_the_architecture_doc_names_every_module_and_only_modules_that_exist():
+    listed = _homes_table()
+    repo = ROOT.parent
+    missing = []
+    for f in sorted(ROOT.rglob("*.py")):
+        rel = f.relative_to(repo).as_posix()
+        if f.name == "__init__.py" and rel != "mlodsl/__init__.py":
+            continue
+        folders = {p.as_posix() + "/" for p in f.relative_to(repo).parents}
+        if rel not in listed and not folders & listed:
+            missing.append(rel)
+    assert not missing, f"docs/architecture.md's Homes table lacks a row for {missing}"
+    gone = sorted(p for p in listed if not (repo / p).exists())
+    assert not gone, f"docs/architecture.md's Homes table names what no longer exists: {gone}"
