@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import _common
 import mlodsl
 
-# --compile (this program's own flag): `compile = True` in the engine block, i.e. the loss
-# graphs' first-order evaluations run through torch.compile
+# --compile (this program's own flag): `compile = True` in the engine block, i.e. whole MLO
+# iterations captured and compiled into one graph each (mlodsl/runtime/compiled/)
 COMPILE = "--compile" in sys.argv
 if COMPILE:
     sys.argv.remove("--compile")

@@ -169,6 +169,9 @@ class Engine:
             p.set_relations(self._relations_of(p.name, dependencies))
         self.precision = Precision(self)
         self._evaluate = LossEvaluator(by_name, self.precision)
+        # compile = True: whole iterations captured and compiled (runtime/compiled/), built
+        # at the first iteration
+        self._whole = None
         if self.distributed:  # every rank starts from rank 0's parameters and buffers
             dist.broadcast_tensors(self.training_state().module_tensors())
 
@@ -314,8 +317,17 @@ class Engine:
         """
         for problem in self.problems:  # parameters are read afresh once per iteration
             problem.invalidate_parameter_cache()
-        for name in self.schedule.iteration():
-            self._scheduled_step(self.problems[name])
+        names = self.schedule.iteration()
+        batches = {}
+        if self.config.compile:
+            if self._whole_iteration().run(names):
+                for name in names:
+                    self._captured_step_done(self.problems[name])
+                self._guard.check()
+                return
+            batches = self._whole.prefetched  # read already by a capture that fell back
+        for name in names:
+            self._scheduled_step(self.problems[name], batches.get(name))
         self._guard.check()
 
     def step_problem(self, problem: Problem, global_step: int | None = None) -> None:
@@ -331,13 +343,13 @@ class Engine:
         for name in self.schedule.cascade(problem.name):
             self._scheduled_step(self.problems[name])
 
-    def _scheduled_step(self, problem: Problem) -> None:
+    def _scheduled_step(self, problem: Problem, batch: Any = None) -> None:
         """One step the schedule asked for, with its hooks and the windows it closes."""
         name = problem.name
         if self.config.roll_back:
             self._roll_back.before_step(problem)
         problem.begin_step(self.global_step)
-        take_step(self, problem)
+        take_step(self, problem, batch=batch)
         problem.end_step(bool(self.schedule.uppers(name)))
         self._log_problem(problem)
         for lower in self.schedule.lowers(name):
@@ -347,6 +359,34 @@ class Engine:
         if self.config.roll_back:
             self._roll_back.after_upper(name, self.problems,
                                         lambda p: take_step(self, p, batch=p.cur_batch))
+
+    def _captured_step_done(self, problem: Problem) -> None:
+        """The bookkeeping of a step a captured iteration took (no hook of the problem's runs
+        between steps there: the compiled mode leaves problems that override
+        ``on_inner_loop_start`` eager)."""
+        problem.begin_step(self.global_step)
+        problem.end_step(bool(self.schedule.uppers(problem.name)))
+        self._log_problem(problem)
+        for lower in self.schedule.lowers(problem.name):
+            self.problems[lower].upper_stepped()
+
+    @property
+    def whole_iteration(self):
+        """The compiled mode's state (:class:`~mlodsl.runtime.compiled.WholeIteration`: which
+        patterns are captured, compile times, how many iterations ran captured); None unless
+        ``compile = True``."""
+        return self._whole_iteration() if self.config.compile else None
+
+    def _whole_iteration(self):
+        if self._whole is None:
+            from mlodsl.runtime.compiled import WholeIteration
+            self._whole = WholeIteration(self)
+        return self._whole
+
+    def compiles_loss_evaluations(self) -> bool:
+        """Whether eager steps run compiled loss graphs' first-order evaluations through
+        torch.compile: ``compile = True`` where whole iterations are not captured (fallback)."""
+        return bool(self.config.compile) and self._whole_iteration().falls_back
 
     def validation(self) -> dict | None:
         """Override to return validation metrics (a dict of numbers); None skips logging."""

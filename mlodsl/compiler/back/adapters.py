@@ -164,8 +164,8 @@ class CompiledProblem(ImplicitProblem):
     def compiles(self) -> bool:
         """Whether this problem's first-order loss evaluations go through torch.compile."""
         engine = self.engine
-        return bool(engine is not None and engine.config.compile
-                    and isinstance(self.loss_fn, GraphLoss))
+        return bool(engine is not None and isinstance(self.loss_fn, GraphLoss)
+                    and engine.compiles_loss_evaluations())
 
     def first_order_training_step(self, batch: Any) -> Any:
         """The loss graph through torch.compile when the engine says ``compile = True``."""
@@ -192,12 +192,18 @@ class PlanEngine(Engine):
 
     def __init__(self, *args: Any, validate: Callable[[Mapping[str, Any]], Any] | None = None,
                  validate_node: Any = None, sources: SourceMap | None = None,
-                 early_stop_node: Any = None, **kwargs: Any):
+                 early_stop_node: Any = None,
+                 locations: Mapping[tuple[str, str], str] | None = None, **kwargs: Any):
         self._validate_fn = validate
+        self._locations = dict(locations or {})
         self._validate_node = validate_node
         self._early_stop_node = early_stop_node
         self._sources = sources
         super().__init__(*args, **kwargs)
+
+    def field_location(self, problem: str, field: str) -> str | None:
+        """``FILE:LINE:COL`` of a problem's field (``"edge:LOWER"``: its edge), or None."""
+        return self._locations.get((problem, field))
 
     def validation(self) -> dict | None:
         """The value of ``validate``: a number (logged as ``metric``) or a dict of numbers."""

@@ -75,7 +75,25 @@ def lower(program: ir.Program, sources: SourceMap, namespace: dict | None = None
         levels=dict(levels), edges=edges, losses={n: losses[n] for n in by_level},
         engine_settings=settings, search_path=path, sources=sources, validate=validate,
         validate_node=node, early_stop_node=early_stop_node(objects),
-        warnings=objects.warnings, descriptions=objects.descriptions)
+        warnings=objects.warnings, descriptions=objects.descriptions,
+        locations=field_locations(program, sources))
+
+
+def field_locations(program: ir.Program, sources: SourceMap) -> dict[tuple[str, str], str]:
+    """``FILE:LINE:COL`` of every problem field and edge: ``(problem, field)`` and
+    ``(upper, "edge:" + lower)`` (for messages about them at run time, e.g. compile's)."""
+    out = {}
+
+    def at(node, span) -> str:
+        return f"{sources.file_of(node)}:{span.line}:{span.column}"
+
+    for p in program.problems:
+        for f in p.fields:
+            out.setdefault((p.name, f.name), at(f, f.span))
+        for e in p.edges:
+            node = e.method if e.method is not None else e
+            out[(p.name, f"edge:{e.target}")] = at(node, getattr(node, "span", e.span))
+    return out
 
 
 def plan_edges(program: ir.Program, objects: Instantiator,

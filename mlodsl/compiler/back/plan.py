@@ -68,6 +68,7 @@ class ExecutionPlan:
     validate_node: Any = None
     warnings: list[Diagnostic] = field(default_factory=list)
     descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
+    locations: dict[tuple[str, str], str] = field(default_factory=dict)
     engine: PlanEngine | None = None
     early_stop_node: Any = None  # the early_stop field's metric (or value), for messages
     overrides: list[str] = field(default_factory=list)  # as written (for the summary)
@@ -107,8 +108,22 @@ class ExecutionPlan:
             "schedule": self.schedule().describe().splitlines(),
             "engine": {k: v for k, v in self.engine_settings.items()},
             "warnings": [d.headline() for d in self.warnings],
+            "compiled_iteration": [
+                {"piece": v.piece, "compiled": v.compiled, "reason": v.reason or None,
+                 "where": v.where} for v in self.capture_verdicts()],
         }
         return out
+
+    def capture_verdicts(self) -> list:
+        """Per problem and edge: captured in the compiled iteration (``compile = True``), or
+        eager and why (:func:`mlodsl.runtime.compiled.program_reasons`). What only
+        torch.compile can find out (an untraceable loss or callback) shows at run time."""
+        from types import SimpleNamespace
+
+        from mlodsl.runtime.compiled import program_reasons
+        settings = SimpleNamespace(**{"compile": False, **self.engine_settings})
+        return program_reasons(self.problems, self.edges, settings,
+                               lambda problem, f: self.locations.get((problem, f)))
 
     def describe(self, show_graphs: bool = False) -> str:
         """A human-readable account of the plan (``mlodsl compile``)."""
@@ -143,6 +158,9 @@ class ExecutionPlan:
         lines += ["", "engine:"]
         for k, v in self.engine_settings.items():
             lines.append(f"  {k} = {v!r}")
+        if self.engine_settings.get("compile"):
+            lines += ["", "compiled iteration (compile = True):"]
+            lines += ["  " + v.line() for v in self.capture_verdicts()]
         return "\n".join(lines)
 
     # -- running ---------------------------------------------------------------------------------
@@ -163,7 +181,7 @@ class ExecutionPlan:
                 config=config, problems=[self.problems[n] for n in self.order],
                 edges=self.edges, validate=self.validate,
                 validate_node=self.validate_node, sources=self.sources,
-                early_stop_node=self.early_stop_node)
+                early_stop_node=self.early_stop_node, locations=self.locations)
         self.engine.history.console = console
         for n, info in self.losses.items():  # tensor constants of the graphs, too
             if info.graph is not None:

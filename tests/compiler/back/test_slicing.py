@@ -193,12 +193,12 @@ def test_compile_field_must_be_a_bool():
                                        "train": data(1), "val": data(2)})
 
 
-def _run_compiled_program(method: str = "darts()"):
+def _run_compiled_program(method: str = "darts()", extra: str = ""):
     torch.manual_seed(0)
     net = Net()
     decay = Decay(net)
-    src = program(LOSSES[0], method).replace("    seed       = 0",
-                                             "    seed       = 0\n    compile    = True")
+    src = program(LOSSES[0], method).replace(
+        "    seed       = 0", "    seed       = 0\n    compile    = True\n" + extra)
     plan = mlodsl.compile(src, namespace={"net": net, "decay": decay, "l2": l2,
                                           "train": data(1), "val": data(2)})
     plan.build_engine(console=False)
@@ -221,14 +221,22 @@ def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compile_runs_the_loss_graphs_through_torch_compile_with_the_same_result():
-    """darts (first-order evaluations: compiled) and neumann (its second-order evaluation
-    stays eager) end where the eager runs end."""
-    for method in ("darts()", "neumann(iterations=2, alpha=0.1)"):
-        plan, compiled = _run_compiled_program(method)
-        _, eager, _ = compile_and_run(LOSSES[0], method, sliced=True)
-        for a, b in zip(compiled, eager):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-        used = plan.problems["classifier"].loss_fn._compiled
-        assert used and all(fn is not None for fn in used.values())
-        assert plan.problems["classifier"].optimizer.defaults.get("fused") is True
+def test_compile_runs_whole_iterations_or_else_the_loss_graphs_through_torch_compile():
+    """darts: whole iterations captured and compiled. neumann with on_nan = "skip" (a host
+    decision before every step: not capturable) falls back to today's eager steps with the
+    loss graphs' first-order evaluations compiled. Both end where the eager runs end."""
+    plan, compiled = _run_compiled_program("darts()")
+    _, eager, _ = compile_and_run(LOSSES[0], "darts()", sliced=True)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    whole = plan.engine.whole_iteration
+    assert whole.compile_seconds and whole.captured_iterations > 0
+    method = "neumann(iterations=2, alpha=0.1)"
+    with pytest.warns(RuntimeWarning, match="on_nan = 'skip'"):
+        plan, compiled = _run_compiled_program(method, '    on_nan     = "skip"')
+    _, eager, _ = compile_and_run(LOSSES[0], method, sliced=True)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    used = plan.problems["classifier"].loss_fn._compiled
+    assert used and all(fn is not None for fn in used.values())
+    assert plan.problems["classifier"].optimizer.defaults.get("fused") is True

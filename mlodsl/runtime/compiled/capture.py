@@ -1,0 +1,343 @@
+"""The compiled execution mode: each schedule pattern captured once, compiled once, run.
+
+``engine { compile = True }`` (``EngineConfig(compile=True)``) gives the engine a
+:class:`WholeIteration`. Every engine iteration the schedule says which problems step (the
+*pattern*: with ``every 5``, ``(lower,)`` four times and then ``(lower, upper)``); for each
+pattern seen the first time, :class:`~mlodsl.runtime.compiled.iteration.CapturedIteration`
+builds one pure function of the training state, ``torch.compile`` compiles it (one graph,
+``fullgraph=True``), and from then on that pattern's iterations are one call of it. Data
+loading, learning-rate schedulers, counters, logging, validation, checkpoints and the
+divergence guard's single check per iteration stay in the engine, unchanged.
+
+What a graph cannot hold runs on the eager path (where ``compile = True`` still runs the loss
+graphs' first-order evaluations through torch.compile), with ONE warning naming the reason
+(and, for a ``.mlo`` program, the field's ``FILE:LINE:COL``): ``reinforce`` (it samples and
+keeps a baseline on the host), ``unroll`` windows longer than one step (they span
+iterations), ``cg(tol > 0)``, an optimizer without a functional rule,
+modules with buffers (BatchNorm statistics), ``on_nan = "skip"``, mixed precision,
+data parallelism, ``roll_back``, or a loss or callback that torch.compile cannot trace as one
+graph (``.item()``, data-dependent Python): the last kind is found when the pattern is first
+compiled. A pattern also runs eagerly until its optimizers have state (torch creates it at their
+first step).
+
+``MLODSL_COMPILE_BACKEND`` chooses how a captured function runs: ``inductor`` (the default:
+``torch.compile``), any other torch.compile backend name, or ``python`` (the captured function
+itself, eagerly: the same code torch.compile receives; the tests use it). Inductor's cache
+(``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary directory) makes a second run's
+compilation of the same program much faster.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from mlodsl.runtime.compiled.iteration import CAPTURED_METHODS, CapturedIteration
+from mlodsl.runtime.compiled.optimizers import NotCapturable, functional_optimizer
+from mlodsl.runtime.problem import Problem
+
+__all__ = ["WholeIteration", "program_reasons", "Verdict"]
+
+
+@dataclass
+class Verdict:
+    """Whether one piece of a program (a problem or an edge) runs in the captured graph."""
+
+    piece: str  # "problem hpo" or "edge hpo -> classifier"
+    compiled: bool
+    reason: str = ""
+    where: str | None = None  # FILE:LINE:COL of the field responsible, when known
+    #: the piece keeps every pattern eager, not only those that step it (a module's buffers:
+    #: any problem's loss may run that module, and the eager engine protects its buffers)
+    everywhere: bool = False
+
+    def line(self) -> str:
+        """``problem hpo: compiled`` or ``edge ...: eager (reason) at FILE:LINE:COL``."""
+        if self.compiled:
+            return f"{self.piece}: compiled"
+        return f"{self.piece}: eager ({self.reason})" + (f" [{self.where}]" if self.where else "")
+
+
+def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings: Any,
+                    locate: Callable[[str, str], str | None] | None = None) -> list[Verdict]:
+    """Per problem and edge, whether it can be captured and why not (no torch.compile run).
+
+    ``problems``: name -> runtime problem (module and optimizer built); ``edges``: objects with
+    ``upper``, ``lower``, ``method``, ``args``; ``settings``: an ``EngineConfig`` (or any object
+    with its fields); ``locate(problem, field)``: the ``FILE:LINE:COL`` of a problem's field
+    (``.mlo`` programs) or None.
+    """
+    locate = locate or (lambda problem, field: None)
+    out: list[Verdict] = []
+    engine_wide = _engine_reason(settings, problems)
+    edges = list(edges)
+    iterative = {n for n, p in problems.items() if getattr(p, "iterative", False)}
+    # a lower an upper unrolls through takes differentiable steps on fast weights that live
+    # across iterations: none of its steps can be captured on its own
+    uppers_of = {}
+    for e in edges:
+        uppers_of.setdefault(e.lower, []).append(e)
+
+    def one_step_window(e) -> bool:  # see iteration.unroll_obstacle
+        return (e.every == 1 and not getattr(e, "warmup", 0) and len(uppers_of[e.lower]) == 1
+                and not any(o.upper == e.lower for o in edges)
+                and problems[e.lower].accumulation_steps(unrolled=True) == 1)
+
+    unrolled = {e.lower: e for e in edges if e.method == "unroll" and not one_step_window(e)}
+    for name, problem in problems.items():
+        reason, field, everywhere = engine_wide, None, False
+        if reason is None and any(b is not None for _, b in problem.module.named_buffers()):
+            reason, field = "its module has buffers (e.g. BatchNorm statistics)", "module"
+            everywhere = True
+        if reason is None:
+            try:
+                functional_optimizer(problem.optimizer, problem.trainable_parameters())
+            except NotCapturable as why:
+                reason, field = str(why), "optimizer"
+        if reason is None and type(problem).on_inner_loop_start is not \
+                Problem.on_inner_loop_start:
+            reason = "its on_inner_loop_start hook runs Python between steps"
+        if reason is None and problem.steps_per_update(unrolled=False) != 1:
+            reason = ("Config.gradient_accumulation keeps gradients between steps (Betty's "
+                      "accumulation; the .mlo field grad_accum accumulates within a step)")
+        if reason is None and name in iterative:
+            reason = "an IterativeProblem's steps are unrolled across iterations"
+        where = locate(name, field) if field else None
+        if reason is None and name in unrolled:
+            e = unrolled[name]
+            reason = f"edge {e.upper} -> {e.lower} unrolls through its steps (unroll)"
+            where = locate(e.upper, f"edge:{e.lower}")
+        out.append(Verdict(f"problem {name}", reason is None, reason or "", where, everywhere))
+    for e in edges:
+        reason = engine_wide
+        if reason is None and e.method not in CAPTURED_METHODS and not (
+                e.method == "unroll" and one_step_window(e)):
+            reason = {"unroll": "an unroll window longer than one step (or through a lower "
+                                "with lowers, or grad_accum) spans iterations",
+                      "reinforce": "reinforce samples and keeps a baseline on the host"}.get(
+                e.method, f"method '{e.method}' has no functional form")
+        if reason is None and e.method == "cg" and (e.args or {}).get("tol", 0) > 0:
+            reason = "cg(tol > 0) decides on the host when to stop"
+        if reason is None and e.lower in iterative:
+            reason = "the lower is an IterativeProblem (unrolled)"
+        out.append(Verdict(f"edge {e.upper} -> {e.lower}", reason is None, reason or "",
+                           locate(e.upper, f"edge:{e.lower}") if reason and reason != engine_wide
+                           else None))
+    return out
+
+
+def _engine_reason(settings: Any, problems: Mapping[str, Any]) -> str | None:
+    if not getattr(settings, "compile", False):
+        return "compile = False"
+    if getattr(settings, "on_nan", "stop") == "skip":
+        return "on_nan = 'skip' decides on the host before every step"
+    if getattr(settings, "roll_back", False):
+        return "roll_back re-runs steps from host-side copies"
+    strategy = getattr(settings, "strategy", "default")
+    if strategy in ("distributed", "ddp", "zero", "fsdp") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "data-parallel runs average gradients across ranks between sub-steps"
+    precisions = {getattr(settings, "precision", "fp32")} | {
+        p.config.precision for p in problems.values()
+        if p.config.explicitly_set("precision")}
+    if precisions != {"fp32"}:
+        return "mixed precision (autocast, gradient scaling)"
+    return None
+
+
+class _Entry:
+    """One pattern's captured function and how it runs (or why it does not)."""
+
+    __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes")
+
+    def __init__(self, iteration=None, reason=None):
+        self.iteration = iteration
+        self.fn = None
+        self.signature = iteration.signature() if iteration is not None else None
+        self.reason = reason
+        self.calls = 0
+        self.shapes = None
+
+
+class WholeIteration:
+    """The engine's compiled mode: runs an iteration captured, or says the engine must.
+
+    The engine calls :meth:`run` with the iteration's pattern; True means the iteration was
+    taken (state written back, losses handed to the guard, counters and schedulers advanced),
+    False means the engine takes it eagerly, with the batches in :attr:`prefetched` when some
+    were already read (only when a pattern's first compilation failed and the captured
+    function could not run as Python either: each problem's first batch of the iteration).
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.backend = os.environ.get("MLODSL_COMPILE_BACKEND", "inductor")
+        self._entries: dict[tuple[str, ...], _Entry] = {}
+        self._warned: set[str] = set()
+        self.prefetched: dict[str, Any] = {}
+        #: iterations taken by a captured function (compiled, or as Python with the backend
+        #: ``python``)
+        self.captured_iterations = 0
+        self.compile_seconds: dict[tuple[str, ...], float] = {}
+        verdicts = program_reasons(engine.problems, engine.edges.values(), engine.config,
+                                   getattr(engine, "field_location", None))
+        self.verdicts = verdicts
+        # a piece that is eager makes every pattern that holds it eager
+        self._eager = {v.piece: v for v in verdicts if not v.compiled}
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether some pattern runs eagerly for a reason other than a missing first step."""
+        return bool(self._eager) or any(e.reason for e in self._entries.values())
+
+    # -- the hook ----------------------------------------------------------------------------------
+    def run(self, names: list[str]) -> bool:
+        """Take the iteration stepping ``names`` captured; False: the engine steps eagerly."""
+        self.prefetched = {}
+        key = tuple(names)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = self._capture(key)
+        if entry.iteration is None:
+            return False
+        it = entry.iteration
+        if not it.ready():
+            return False  # torch's first step creates the optimizer state
+        if it.signature() != entry.signature:  # a hyperparameter other than lr changed
+            entry = self._entries[key] = self._capture(key)
+            if entry.iteration is None:
+                return False
+            it = entry.iteration
+        batches = {n: [self.engine.problems[n].next_batch() for _ in range(it.steps[n].accum)]
+                   for n in key}
+        args = it.inputs(batches)
+        try:
+            outputs = self._call(entry, key, args)
+        except NotCapturable as why:
+            entry.iteration = None
+            entry.reason = str(why)
+            self._warn(key, str(why))
+            # This iteration's batches are drawn already: take it with the captured function
+            # run as Python (the same steps), and later ones on the eager path.
+            try:
+                outputs = it(*args)
+            except Exception:  # noqa: BLE001 - the eager path reports it properly
+                self.prefetched = {n: b[0] for n, b in batches.items()}
+                return False
+            self._after(key, outputs)
+            return True
+        self._after(key, outputs)
+        self.captured_iterations += 1
+        return True
+
+    def patterns(self) -> dict[tuple[str, ...], str]:
+        """Each pattern seen so far: ``"captured"`` or ``"eager: REASON"``."""
+        return {k: "captured" if e.iteration is not None else f"eager: {e.reason}"
+                for k, e in self._entries.items()}
+
+    # -- capture and compile -----------------------------------------------------------------------
+    def _capture(self, key: tuple[str, ...]) -> _Entry:
+        for v in self.verdicts:
+            if v.compiled:
+                continue
+            if v.piece.startswith("problem ") and (v.everywhere or v.piece[8:] in key):
+                return self._eager_entry(key, v)
+            if v.piece.startswith("edge "):
+                upper = v.piece[5:].split(" -> ")[0]
+                if upper in key:
+                    return self._eager_entry(key, v)
+        try:
+            return _Entry(CapturedIteration(self.engine, key))
+        except NotCapturable as why:
+            self._warn(key, str(why))
+            return _Entry(reason=str(why))
+
+    def _eager_entry(self, key, verdict: Verdict) -> _Entry:
+        self._warn(key, f"{verdict.piece}: {verdict.reason}", verdict.where)
+        return _Entry(reason=verdict.reason)
+
+    def _call(self, entry: _Entry, key, args) -> dict:
+        it = entry.iteration
+        if self.backend == "python":
+            return it(*args)
+        if entry.fn is None:
+            entry.fn = torch.compile(it, fullgraph=True, dynamic=False, backend=self.backend)
+        shapes = _shapes(args)
+        if entry.calls:
+            if shapes == entry.shapes:
+                # Same pattern, same parameters (checked by run()), same batch shapes: the
+                # graph's guards would pass, and evaluating them costs as much as a tenth of
+                # a small iteration. Anything else (a smaller last batch) goes through them.
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return entry.fn(*args)
+            entry.shapes = shapes
+            return entry.fn(*args)
+        t0 = time.perf_counter()
+        try:
+            out = entry.fn(*args)
+        except Exception as err:  # noqa: BLE001 - compiling is a speed-up, never a failure
+            raise NotCapturable(f"torch.compile could not hold the iteration as one graph: "
+                                f"{_first_line(err)}") from None
+        seconds = time.perf_counter() - t0
+        entry.calls += 1
+        entry.shapes = shapes
+        self.compile_seconds[key] = seconds
+        self.engine.history.info(f"compiling iteration ({', '.join(key)}): {seconds:.1f} s")
+        return out
+
+    def _warn(self, key, reason: str, where: str | None = None) -> None:
+        if reason in self._warned:
+            return
+        self._warned.add(reason)
+        prefix = f"{where}: " if where else ""
+        warnings.warn(f"{prefix}compile = True: the iteration stepping {', '.join(key)} runs "
+                      f"eagerly: {reason}", RuntimeWarning, stacklevel=4)
+
+    # -- after a captured iteration ----------------------------------------------------------------
+    def _after(self, key, outputs: dict) -> None:
+        engine = self.engine
+        for name in key:
+            problem = engine.problems[name]
+            loss, sums, metrics = outputs[name]
+            problem.record_step(loss, metrics)
+            engine.watch_finite(problem, loss)
+            if sums is not None:  # the guard reads hypergradient-carrying gradients
+                engine.allow_step(problem, loss, [sums])
+            sched = problem.scheduler
+            if sched is not None and not isinstance(
+                    sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step()  # outside the graph: the new lr is a tensor input next time
+
+
+def _shapes(args) -> tuple:
+    """Shapes and dtypes of the batches a captured function receives (``args[3:]``).
+
+    The parameters' and states' shapes are fixed by :meth:`CapturedIteration.signature`; the
+    batches' may change (a smaller last batch). A plain walk: pytree's costs 50 us here.
+    """
+    out: list = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            out.append((x.shape, x.dtype))
+        elif isinstance(x, (list, tuple)):
+            out.append(len(x))
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            out.append(tuple(x))
+            for y in x.values():
+                walk(y)
+        else:
+            out.append(type(x))
+
+    walk(args[3:])
+    return tuple(out)
+
+
+def _first_line(err: Exception) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
