@@ -125,15 +125,6 @@ class Config:
         when set, else :attr:`gradient_accumulation`."""
         return max(int(override or self.gradient_accumulation), 1)
 
-    def method_arguments(self, method: str) -> dict[str, Any]:
-        """The keyword arguments of ``method`` as this config sets them (defaults included)."""
-        out = {}
-        for arg in METHODS[method].arguments:
-            source = method_field(method, arg.name)
-            if source is not None:
-                out[arg.name] = getattr(self, source)
-        return METHODS[method].bind(out)
-
 
 @dataclass(init=False)
 class EngineConfig:

@@ -585,7 +585,6 @@ class Engine:
         if not stats:
             return
         self.history.log_validation(self.global_step, stats)
-        self.last_validation = stats
         step_plateau_schedulers(self.problems, stats, self.config.early_stopping_metric)
         if self.config.early_stopping and self._early_stopping.update(stats):
             self.history.info(f"early stopping at iteration {self.global_step}: "
