@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mlodsl import Config, Engine, EngineConfig, ImplicitProblem
+from mlodsl.runtime.config import edge_settings
 from mlodsl.runtime.edges import Edge
 
 DT = torch.float64
@@ -392,10 +393,11 @@ def build_engine(program: Program, configs: Mapping[str, dict],
     else:
         edges = []
         for lv in program.levels:
-            cfg = Config(**configs.get(lv.name, {}))
+            # the fields as if the upper's Config alone had set them (nothing on the lower)
+            settings = edge_settings(Config(**configs.get(lv.name, {})), Config())
             for low in lv.lowers:
-                edges.append(Edge(lv.name, low, every=cfg.unroll_steps, method=cfg.type,
-                                  args=cfg.method_arguments(cfg.type)))
+                edges.append(Edge(lv.name, low, every=settings.every, method=settings.method,
+                                  args=settings.args))
         engine = _Recorder(config=engine_config, problems=list(problems.values()), edges=edges)
     engine.recorded = {}
     return engine
