@@ -9,15 +9,15 @@ it. Adding a method means adding a :class:`MethodSignature` here and a module in
 Example::
 
     >>> METHODS["neumann"].bind({"iterations": 5})
-    {'iterations': 5, 'alpha': 1.0}
+    {'iterations': 5, 'alpha': 1.0, 'multilevel': 'frozen'}
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Argument", "MethodSignature", "METHODS", "BadMethodArgument", "method_field",
-           "EXTRA_METHOD_FIELDS"]
+__all__ = ["Argument", "MethodSignature", "METHODS", "MULTILEVEL_MODES", "BadMethodArgument",
+           "method_field", "EXTRA_METHOD_FIELDS", "without_default_mode"]
 
 
 class BadMethodArgument(ValueError):
@@ -41,6 +41,7 @@ class Argument:
     maximum: float | None = None
     config_field: str | None = None  # Betty's ``Config`` field with the same meaning
     doc: str = ""
+    choices: tuple | None = None  # the only values allowed (for string settings)
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` converted to the argument's type, or raise BadMethodArgument."""
@@ -55,6 +56,12 @@ class Argument:
         if not ok:
             raise BadMethodArgument(
                 f"argument '{self.name}' must be {self.type.__name__}, got {value!r}", self.name)
+        if self.choices is not None and value not in self.choices:
+            from mlodsl.diagnostics import did_you_mean
+            raise BadMethodArgument(
+                f"argument '{self.name}' must be one of "
+                f"{', '.join(repr(c) for c in self.choices)}, got {value!r}", self.name,
+                did_you_mean(str(value), [str(c) for c in self.choices]))
         if self.minimum is not None:
             too_small = value <= self.minimum if self.exclusive_minimum else value < self.minimum
             if too_small:
@@ -117,18 +124,45 @@ def _pos_float(name, default, config_field=None, doc=""):
                     config_field=config_field, doc=doc)
 
 
+#: How a middle level's best-response Jacobian is formed (docs/hypergradients.md, "What is
+#: exact"). ``"frozen"`` (the default, as in Betty): from the level's own loss, the levels
+#: below it held fixed. ``"exact"``: from its *total* objective, the levels below responding
+#: through their own edges' methods; costs two solves per level below for every Hessian-vector
+#: product, and is the nested problem's derivative when the inverses below are converged.
+MULTILEVEL_MODES = ("frozen", "exact")
+
+
+def without_default_mode(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` without ``multilevel`` when it is the default, ``"frozen"``: it is the chain's
+    setting, not the method's, and edges and plans show it only where it changes something.
+
+    >>> without_default_mode({"alpha": 0.01, "multilevel": "frozen"})
+    {'alpha': 0.01}
+    """
+    return {k: v for k, v in args.items() if not (k == "multilevel" and v == "frozen")}
+
+
+def _multilevel():
+    return Argument("multilevel", str, "frozen", config_field="multilevel",
+                    choices=MULTILEVEL_MODES,
+                    doc="'exact': a middle level's Jacobian from its total objective, the "
+                    "levels below it responding; 'frozen': from its own loss alone")
+
+
 METHODS: dict[str, MethodSignature] = {
     m.name: m
     for m in [
         MethodSignature(
             "darts",
-            (_pos_float("alpha", 0.01, "darts_alpha", "finite-difference radius (scaled by 1/|v|)"),),
+            (_pos_float("alpha", 0.01, "darts_alpha", "finite-difference radius (scaled by 1/|v|)"),
+             _multilevel()),
             "inverse Hessian as identity; mixed second derivative by central finite difference",
         ),
         MethodSignature(
             "neumann",
             (_pos_int("iterations", 1, "neumann_iterations", "terms of the Neumann series"),
-             _pos_float("alpha", 1.0, "neumann_alpha", "step of the Neumann series")),
+             _pos_float("alpha", 1.0, "neumann_alpha", "step of the Neumann series"),
+             _multilevel()),
             "inverse Hessian-vector product by a truncated Neumann series",
         ),
         MethodSignature(
@@ -136,7 +170,8 @@ METHODS: dict[str, MethodSignature] = {
             (_pos_int("iterations", 1, "cg_iterations", "conjugate-gradient iterations"),
              _pos_float("alpha", 1.0, "cg_alpha", "scale of the linear system (rescales only)"),
              Argument("tol", float, 0.0, minimum=0.0, doc="stop early when the residual norm "
-                      "falls below tol times the initial one (0: never)")),
+                      "falls below tol times the initial one (0: never)"),
+             _multilevel()),
             "inverse Hessian-vector product by conjugate gradient",
         ),
         MethodSignature(
@@ -156,7 +191,8 @@ METHODS: dict[str, MethodSignature] = {
         ),
         MethodSignature(
             "sama",
-            (_pos_float("alpha", 1.0, "sama_adam_alpha", "finite-difference radius"),),
+            (_pos_float("alpha", 1.0, "sama_adam_alpha", "finite-difference radius"),
+             _multilevel()),
             "SAMA's scalable first-order approximation (Choe et al., 2023)",
         ),
         MethodSignature(

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from mlodsl.diagnostics import did_you_mean
-from mlodsl.methods import METHODS
+from mlodsl.methods import METHODS, MULTILEVEL_MODES
 
 __all__ = ["Rule", "Setting", "SettingError", "PROBLEM_FIELDS", "ENGINE_FIELDS",
            "CONFIG_SETTINGS", "ENGINE_CONFIG_SETTINGS", "EARLY_STOP_KEYS", "required_fields",
            "choice", "CONFIG_ROLES", "CONFIG_FIELD_TWINS", "CONFIG_ALIASES",
            "POSITIVE_INT", "NONNEG_NUMBER", "INT", "UNIT_INTERVAL", "NONNEG_INT", "POSITIVE_NUMBER", "BOOL", "STRING", "PRECISION",
-           "ON_NAN", "EARLY_STOP_MODE", "METHOD_NAME"]
+           "ON_NAN", "EARLY_STOP_MODE", "MULTILEVEL", "METHOD_NAME"]
 
 
 class SettingError(ValueError):
@@ -114,6 +114,7 @@ def choice(*choices: str, pattern: str | None = None) -> Rule:
 PRECISION = choice("fp32", "bf16", "fp16")
 ON_NAN = choice("stop", "skip")
 EARLY_STOP_MODE = choice("min", "max")
+MULTILEVEL = choice(*MULTILEVEL_MODES)
 METHOD_NAME = Rule("a hypergradient method", lambda v: isinstance(v, str) and v in METHODS,
                    lambda v: (did_you_mean(v, METHODS) if isinstance(v, str) else None)
                    or "known methods: " + ", ".join(METHODS),
@@ -238,6 +239,8 @@ CONFIG_SETTINGS: dict[str, Setting] = _table(
     Setting("unroll_checkpoint", "unroll: recompute the steps in backward", BOOL, False),
     Setting("reinforce_baseline_decay", "reinforce: decay of the reward baseline",
             UNIT_INTERVAL, 0.9),
+    Setting("multilevel", 'a middle level\'s Jacobian: "frozen" (its own loss) or "exact" '
+            "(its total objective, the levels below responding)", MULTILEVEL, "frozen"),
 )
 
 #: What each ``Config`` setting governs, for the ``.mlo`` header ``problem P <key=value>``:

@@ -6,7 +6,10 @@ the same long-tailed, label-noisy digits and judged by test accuracy:
 * ``--variant unweighted``: the classifier alone, fixed L2 coefficient ``DECAY0``;
 * ``--variant decay_only``: the L2 coefficient tuned on the hold-out split (bilevel, darts);
 * ``--variant two_level``: Meta-Weight-Net with fixed L2 coefficients (bilevel, darts);
-* ``--variant three_level``: Meta-Weight-Net under tuned L2 coefficients (the ``.mlo`` file).
+* ``--variant three_level``: Meta-Weight-Net under tuned L2 coefficients (the ``.mlo`` file);
+* ``--variant three_level_exact``: the same with ``multilevel="exact"`` on the coefficients'
+  edge: the weight net's Jacobian from its total objective, the classifier responding
+  (docs/hypergradients.md, "What is exact").
 
 Run ``python -m examples.three_level.three_level_python --variant all --seed 0``.
 """
@@ -31,7 +34,7 @@ from mlodsl.runtime.data import make_loader
 #: Hyperparameters shared with ``three_level.mlo`` (keep the two in step).
 SIZES, LR, MOMENTUM, BATCH = [64, 100, 10], 0.01, 0.9, 64
 META_LR, DECAY_LR, DECAY0, DECAY_EVERY = 1e-3, 0.02, 1e-3, 5
-VARIANTS = ("unweighted", "decay_only", "two_level", "three_level")
+VARIANTS = ("unweighted", "decay_only", "two_level", "three_level", "three_level_exact")
 
 
 class Classifier(ImplicitProblem):
@@ -79,6 +82,7 @@ class ThreeLevelEngine(Engine):
 def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> ThreeLevelEngine:
     """Build the engine of one variant (see the module docstring)."""
     torch.manual_seed(seed)
+    three = variant in ("three_level", "three_level_exact")
     net = Net(SIZES)
     classifier = Classifier(
         name="classifier", module=net,
@@ -86,10 +90,10 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Thre
         train_data_loader=make_loader(noisy_digits(), BATCH, seed=seed),
         # Betty's reading: a lower's Config names the method of the edge above it (reweight's
         # hypergradient through the classifier); decay's Config speaks for its own edge.
-        config=Config(type="darts") if variant in ("two_level", "three_level") else Config())
+        config=Config(type="darts") if variant == "two_level" or three else Config())
     problems, u2l, l2u = [classifier], {}, {}
     reweight = decay = None
-    if variant in ("two_level", "three_level"):
+    if variant == "two_level" or three:
         weigher = WeightNet(hidden=100)
         reweight = Reweight(name="reweight", module=weigher,
                             optimizer=torch.optim.Adam(weigher.parameters(), lr=META_LR),
@@ -97,11 +101,13 @@ def build(variant: str, iterations: int, seed: int, valid_step: int = 0) -> Thre
                             config=Config())
         problems.append(reweight)
         u2l[reweight], l2u[classifier] = [classifier], [reweight]
-    if variant in ("decay_only", "three_level"):
+    if variant == "decay_only" or three:
         coefficients = LogDecay(init=[DECAY0, DECAY0])
         below = reweight if reweight is not None else classifier
         method = (dict(type="neumann", neumann_iterations=3, unroll_steps=DECAY_EVERY)
                   if reweight is not None else dict(type="darts", unroll_steps=DECAY_EVERY))
+        if variant == "three_level_exact":
+            method["multilevel"] = "exact"
         decay = Decay(name="decay", module=coefficients,
                       optimizer=torch.optim.Adam(coefficients.parameters(), lr=DECAY_LR),
                       train_data_loader=make_loader(holdout_digits(), 100, seed=seed + 2),

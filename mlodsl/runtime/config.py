@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError, did_you_mean
-from mlodsl.methods import METHODS, method_field
+from mlodsl.methods import METHODS, method_field, without_default_mode
 from mlodsl.settings import CONFIG_SETTINGS, ENGINE_CONFIG_SETTINGS, Setting, SettingError
 
 __all__ = ["Config", "EngineConfig", "EdgeSettings", "edge_settings", "ConfigConflictWarning"]
@@ -82,6 +82,7 @@ class Config:
     cg_tol: float = _C["cg_tol"].default
     unroll_checkpoint: bool = _C["unroll_checkpoint"].default
     reinforce_baseline_decay: float = _C["reinforce_baseline_decay"].default
+    multilevel: str = _C["multilevel"].default  # "exact": docs/hypergradients.md
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any):
@@ -123,15 +124,6 @@ class Config:
         """Batches accumulated per step (at least 1): ``override`` (a problem's ``grad_accum``)
         when set, else :attr:`gradient_accumulation`."""
         return max(int(override or self.gradient_accumulation), 1)
-
-    def method_arguments(self, method: str) -> dict[str, Any]:
-        """The keyword arguments of ``method`` as this config sets them (defaults included)."""
-        out = {}
-        for arg in METHODS[method].arguments:
-            source = method_field(method, arg.name)
-            if source is not None:
-                out[arg.name] = getattr(self, source)
-        return METHODS[method].bind(out)
 
 
 @dataclass(init=False)
@@ -276,4 +268,5 @@ def edge_settings(upper: Config, lower: Config, lower_iterative: bool = False,
         name = method_field(method, arg.name)
         if name is not None:
             args[arg.name] = pick(name)
-    return EdgeSettings(method, METHODS[method].bind(args), every, warmup, sources, conflicts)
+    return EdgeSettings(method, without_default_mode(METHODS[method].bind(args)), every, warmup,
+                        sources, conflicts)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlodsl.diagnostics import MLOError
-from mlodsl.methods import METHODS
+from mlodsl.methods import METHODS, without_default_mode
 
 __all__ = ["Edge"]
 
@@ -28,7 +28,8 @@ class Edge:
         every: ``upper`` steps after each ``every`` steps of ``lower`` (the unroll length).
         warmup: the lower's first ``warmup`` steps do not count towards ``every``.
         method: the hypergradient method through ``lower`` (a name in ``mlodsl.methods``).
-        args: the method's arguments, defaults filled in (checked against its signature).
+        args: the method's arguments, defaults filled in (checked against its signature);
+            ``multilevel`` only when it is ``"exact"``.
         source: where the method came from, for ``mlodsl compile`` ("via", "default", ...).
         where: where the edge is written (``FILE:LINE:COL``) in a compiled program, for the
             warnings a method gives while it runs; None for a program built in Python.
@@ -55,7 +56,8 @@ class Edge:
             raise MLOError(f"edge {self.upper} -> {self.lower}: unknown hypergradient method "
                            f"'{self.method}'")
         # Frozen: the normalised values are set through object.__setattr__ (dataclass idiom).
-        object.__setattr__(self, "args", METHODS[self.method].bind(dict(self.args or {})))
+        args = without_default_mode(METHODS[self.method].bind(dict(self.args or {})))
+        object.__setattr__(self, "args", args)
         object.__setattr__(self, "every", int(self.every))
         object.__setattr__(self, "warmup", int(self.warmup))
 

@@ -37,6 +37,7 @@ from mlodsl.diagnostics import MLOError
 from mlodsl.runtime import checkpoint as ckpt
 from mlodsl.runtime import distributed as dist
 from mlodsl.runtime.config import EngineConfig
+from mlodsl.runtime.consumers import WindowConsumers
 from mlodsl.runtime.data import to_device
 from mlodsl.runtime.device import resolve_device
 from mlodsl.runtime.edges import Edge
@@ -142,6 +143,15 @@ class Engine:
         self.schedule = Schedule(self.problems.keys(), edges)
         self._hierarchy = Hierarchy(by_name, graph, edges, self.schedule)
         self._method_states: dict[tuple[str, str], dict] = {}
+        #: Which unrolled windows every problem above them has used (they may then close).
+        self.window_consumers = WindowConsumers(
+            {n: self.schedule.lowers(n) for n in self.problems.keys()}, self._hierarchy.unrolled)
+        if self._hierarchy.unrolled:
+            from mlodsl.runtime.hypergrad.unroll import check_nesting
+            check_nesting(self)
+        if any(e.args.get("multilevel") == "exact" for e in edges):
+            from mlodsl.runtime.hypergrad.multilevel import check_exact
+            check_exact(self)
         self.global_step = 0
         self.history = MetricsLog()
         self._guard = DivergenceGuard(self, self._hierarchy)
@@ -289,7 +299,8 @@ class Engine:
     # -- loss evaluation -------------------------------------------------------------------
     def evaluate_loss(self, problem: Problem, batch: Any, params: Sequence[torch.Tensor] | None
                       = None, own_step: bool = False, with_metrics: bool = False,
-                      grad_wrt: Sequence[str] | None = None, first_order: bool = False):
+                      grad_wrt: Sequence[str] | None = None, first_order: bool = False,
+                      shown: Mapping[str, Sequence[torch.Tensor]] | None = None):
         """``problem``'s loss on ``batch``, optionally at other parameters, functionally.
 
         Every problem's module sees its current tensors (fast weights while unrolled); with
@@ -302,11 +313,14 @@ class Engine:
         that read none of them). Each such surrogate is checked once against the full loss;
         it is differentiated only once. ``first_order``: the loss will not be differentiated
         through its gradient (a compiled program may run a ``torch.compile``d graph).
+        ``shown``: tensors other problems are shown instead of their current parameters (by
+        problem name; an unrolled step reads copies of parameters that may change in place
+        while its window is open, :mod:`mlodsl.runtime.consumers`).
         See :class:`~mlodsl.runtime.evaluation.LossEvaluator`.
         """
         return self._evaluate(problem, batch, params=params, own_step=own_step,
                               with_metrics=with_metrics, grad_wrt=grad_wrt,
-                              first_order=first_order)
+                              first_order=first_order, shown=shown)
 
     # -- running -----------------------------------------------------------------------------
     def train_step(self) -> None:
@@ -352,9 +366,11 @@ class Engine:
         take_step(self, problem, batch=batch)
         problem.end_step(bool(self.schedule.uppers(name)))
         self._log_problem(problem)
+        # A window below closes once every problem above it has differentiated through it,
+        # not at its own upper's step (nested unrolling: runtime/consumers.py).
+        for lower in self.window_consumers.stepped(name):
+            end_unroll_window(self.problems[lower])
         for lower in self.schedule.lowers(name):
-            if self._hierarchy.closes_window(name, lower):
-                end_unroll_window(self.problems[lower])
             self.problems[lower].upper_stepped()
         if self.config.roll_back:
             self._roll_back.after_upper(name, self.problems,
@@ -569,7 +585,6 @@ class Engine:
         if not stats:
             return
         self.history.log_validation(self.global_step, stats)
-        self.last_validation = stats
         step_plateau_schedulers(self.problems, stats, self.config.early_stopping_metric)
         if self.config.early_stopping and self._early_stopping.update(stats):
             self.history.info(f"early stopping at iteration {self.global_step}: "

@@ -40,14 +40,18 @@ class LossEvaluator:
 
     def __call__(self, problem: Any, batch: Any, params: Sequence[torch.Tensor] | None = None,
                  own_step: bool = False, with_metrics: bool = False,
-                 grad_wrt: Sequence[str] | None = None, first_order: bool = False):
+                 grad_wrt: Sequence[str] | None = None, first_order: bool = False,
+                 shown: Mapping[str, Sequence[torch.Tensor]] | None = None):
         """``problem``'s loss on ``batch`` (and its metrics with ``with_metrics``).
 
         ``params``: the problem's own trainable parameters replaced by these. ``own_step``: the
         problem's own buffers are live (its training step). ``grad_wrt`` (problem names): only
         the gradient in those problems' parameters will be used, once, so a checked surrogate
         may stand in. ``first_order``: the loss will not be differentiated through its
-        gradient (a compiled program may run a ``torch.compile``d graph).
+        gradient (a compiled program may run a ``torch.compile``d graph). ``shown``: tensors
+        other problems are shown instead of their current parameters, by problem name (copies
+        an unrolled step reads, :mod:`mlodsl.runtime.consumers`; the exact multilevel mode's
+        fresh leaves).
         """
         if grad_wrt is not None:
             def compute(b):
@@ -61,6 +65,8 @@ class LossEvaluator:
             fast = other.unrolled_window.fast
             if other is problem and params is not None:
                 mapping = dict(zip(other.trainable_names(), params))
+            elif shown and other.name in shown:
+                mapping = dict(zip(other.trainable_names(), shown[other.name]))
             elif fast is not None:
                 mapping = dict(zip(other.trainable_names(), fast))
             protect = not (own_step and other is problem) and other.has_buffers()

@@ -156,11 +156,6 @@ class Hierarchy:
         """Whether ``name``'s steps are taken differentiably for an upper to unroll through."""
         return name in self.unrolled
 
-    def closes_window(self, upper: str, lower: str) -> bool:
-        """Whether ``lower``'s window closes when ``upper`` has stepped (an unroll edge, or an
-        ``IterativeProblem`` lower)."""
-        return self.edges[(upper, lower)].method == "unroll" or lower in self.iterative
-
     def unroll_settings(self, name: str) -> tuple[bool, bool]:
         """``(first_order, checkpoint)`` for the differentiable steps of problem ``name``.
 

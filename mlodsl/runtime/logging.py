@@ -113,7 +113,6 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
-        self._warn = warn
         self._rows: list[dict] = []
         self._columns: list[str] = []
         if self.jsonl.exists():

@@ -40,7 +40,7 @@ from mlodsl.runtime.hypergrad.unroll import new_tape, run_checkpointed
 from mlodsl.runtime.problem import call_param_callback
 from mlodsl.runtime.vectors import norm
 
-__all__ = ["take_step", "end_unroll_window"]
+__all__ = ["take_step", "end_unroll_window", "window_copies"]
 
 
 def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
@@ -61,7 +61,9 @@ def take_step(engine, problem, batch: Any = None) -> torch.Tensor:
         create_graph = differentiable and not first_order
         total, loss, metrics = _accumulate(engine, problem, draws, accum, create_graph,
                                            own_step=True, first_order=not create_graph,
-                                           watch=True)
+                                           watch=True,
+                                           shown=window_copies(engine, problem)
+                                           if differentiable else None)
         problem.record_step(loss, metrics)
         if not differentiable:
             per_update = problem.steps_per_update(unrolled=False)
@@ -89,18 +91,20 @@ def end_unroll_window(problem) -> None:
 # -- the shared sub-steps ------------------------------------------------------------------------
 
 def _accumulate(engine, problem, batches: Iterable[Any], accum: int, create_graph: bool,
-                own_step: bool, first_order: bool, watch: bool
+                own_step: bool, first_order: bool, watch: bool, shown=None
                 ) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
     """Steps 2-3 over ``batches``: ``(total gradient, last loss, last metrics)``.
 
     ``watch``: hand each loss to the divergence guard. ``first_order``: the loss will not be
     differentiated through its gradient (a compiled problem may run ``torch.compile``).
+    ``shown``: other problems' parameters read as these tensors (:func:`window_copies`).
     """
     total: list[torch.Tensor] | None = None
     loss = metrics = None
     for current in batches:
         loss, metrics = engine.evaluate_loss(problem, current, own_step=own_step,
-                                             with_metrics=True, first_order=first_order)
+                                             with_metrics=True, first_order=first_order,
+                                             shown=shown)
         if watch:
             engine.watch_finite(problem, loss)
         # fp16: the loss is scaled so that the whole total gradient is (precision.py).
@@ -120,6 +124,22 @@ def _average_and_clip(engine, problem, grads: list[torch.Tensor]) -> list[torch.
         scale = torch.clamp(clip / (norm(grads) + 1e-6), max=1.0)
         grads = [g * scale for g in grads]
     return grads
+
+
+def window_copies(engine, problem) -> dict[str, list[torch.Tensor]]:
+    """What an unrolled step of ``problem`` reads instead of live parameters that may change
+    in place while its window is open: differentiable copies (``clone``), by problem name.
+
+    The tape then holds the values the step read, and gradients still reach the live
+    parameters through the copies (:mod:`mlodsl.runtime.consumers`). Fast weights are never
+    changed in place and are read as they are.
+    """
+    out = {}
+    for name in engine.window_consumers.copied_readers(problem.name):
+        other = engine.problems[name]
+        if not other.unrolled_window.is_open:
+            out[name] = [p.clone() for p in other.trainable_parameters()]
+    return out
 
 
 def _optimizer_update(engine, problem, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
@@ -203,7 +223,10 @@ def _checkpointed_update(engine, problem, batches: list[Any]) -> tuple[torch.Ten
     layout = [{k: (_TENSOR if isinstance(v, torch.Tensor) else v) for k, v in sorted(st.items())}
               for st in states]
     others = [o for o in engine.problems.values() if o is not problem]
-    context = [list(o.current_parameters()) for o in others]
+    # copies of parameters that may change in place while the window is open: the tape keeps
+    # what this step read (mlodsl.runtime.consumers)
+    copies = window_copies(engine, problem)
+    context = [copies.get(o.name) or list(o.current_parameters()) for o in others]
     state_flat = [t for st in states for t in _state_tensors(st)]
     sizes = (len(window.fast), len(state_flat), [len(c) for c in context])
     calls = {"n": 0}

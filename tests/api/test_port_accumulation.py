@@ -10,15 +10,7 @@ import torch
 from mlodsl.configs import Config, EngineConfig
 from mlodsl.engine import Engine
 from mlodsl.problems import ImplicitProblem
-
-
-class Scalar(torch.nn.Module):
-    def __init__(self, value):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(float(value)))
-
-    def forward(self):
-        return self.w
+from tests.support.toy_problems import Scalar
 
 
 class Linear(ImplicitProblem):

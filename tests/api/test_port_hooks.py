@@ -16,18 +16,10 @@ from mlodsl.configs import Config, EngineConfig
 from mlodsl.engine import Engine
 from mlodsl.envs import Env
 from mlodsl.problems import HigherIterativeProblem, ImplicitProblem, IterativeProblem
+from tests.support.toy_problems import Scalar
 
 X = torch.linspace(-1, 1, 16).reshape(8, 2)
 Y = X.sum(dim=1, keepdim=True)
-
-
-class Scalar(torch.nn.Module):
-    def __init__(self, value):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(float(value)))
-
-    def forward(self):
-        return self.w
 
 
 class ClampNoArgs(ImplicitProblem):

@@ -9,8 +9,12 @@ from mlodsl.runtime.schedule import Schedule
 
 def test_arguments_are_bound_with_defaults_and_checked():
     e = Edge("up", "lo", every=3, method="neumann", args={"iterations": 4})
-    assert e.args == METHODS["neumann"].bind({"iterations": 4}) and e.args["iterations"] == 4
-    assert set(e.args) == {a.name for a in METHODS["neumann"].arguments}
+    bound = METHODS["neumann"].bind({"iterations": 4})
+    assert bound.pop("multilevel") == "frozen"  # the default mode is not repeated on edges
+    assert e.args == bound and e.args["iterations"] == 4
+    assert set(e.args) == {a.name for a in METHODS["neumann"].arguments} - {"multilevel"}
+    exact = Edge("up", "lo", method="cg", args={"multilevel": "exact"})
+    assert exact.args["multilevel"] == "exact" and "multilevel='exact'" in repr(exact)
     f = Edge("up", "lo", every=3, method="cg", args={"iterations": 2, "alpha": 0.5, "tol": 0.0})
     assert repr(f) == "up -> lo every 3 via cg(iterations=2, alpha=0.5, tol=0.0)"
     with pytest.raises(MLOError, match="unknown hypergradient method 'newton'"):

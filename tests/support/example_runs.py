@@ -5,18 +5,11 @@ so the Python-API twins import as ``examples.NAME.NAME_python``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 
-import pytest
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-
-#: Whether the compiler back end is importable (the ``run`` tests need it).
-HAVE_COMPILER = importlib.util.find_spec("mlodsl.compiler.api") is not None
-needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="mlodsl.compiler.api not available")
 
 
 def example_path(name: str) -> str:

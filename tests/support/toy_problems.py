@@ -7,6 +7,17 @@ from torch import nn
 from mlodsl import Config, Engine, EngineConfig, ImplicitProblem
 
 
+class Scalar(nn.Module):
+    """One trainable scalar ``w`` (starting at ``value``); ``forward()`` returns it."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self):
+        return self.w
+
+
 class Quadratic(ImplicitProblem):
     """Loss ``0.5 * |theta - sum of the other problems' parameters it reads|^2``-style toy."""
 

@@ -74,11 +74,7 @@ class GraphLoss:
         except Exception as err:  # noqa: BLE001 - reported at the .mlo position
             node = locate_failure(gm, err.__traceback__)
             span = node.meta.get("mlo_span") if node is not None else None
-            frame = user_frame(err.__traceback__)
-            raise self.sources.error(
-                self.field.value, f"the loss of '{self.problem}' failed: "
-                f"{describe_exception(err)}", f"raised at {frame}" if frame else None,
-                kind="run", span=span) from None
+            raise _loss_failed(self, err, span) from None
 
     def _run_compiled(self, gm: torch.fx.GraphModule, parts: list) -> Any:
         """``gm.forward(*parts)`` through torch.compile, or ``_NOT_COMPILED``.
@@ -123,11 +119,16 @@ class CallableLoss:
         except MLOError:
             raise
         except Exception as err:  # noqa: BLE001 - reported at the .mlo position
-            frame = user_frame(err.__traceback__)
-            raise self.sources.error(
-                self.field.value, f"the loss of '{self.problem}' failed: "
-                f"{describe_exception(err)}", f"raised at {frame}" if frame else None,
-                kind="run") from None
+            raise _loss_failed(self, err) from None
+
+
+def _loss_failed(loss: GraphLoss | CallableLoss, err: Exception, span=None) -> MLOError:
+    """The run-time error for a loss that raised ``err``: at the loss's ``.mlo`` position
+    (``span``: the failing graph node's, when known), with the user's frame that raised."""
+    frame = user_frame(err.__traceback__)
+    return loss.sources.error(
+        loss.field.value, f"the loss of '{loss.problem}' failed: {describe_exception(err)}",
+        f"raised at {frame}" if frame else None, kind="run", span=span)
 
 
 class CompiledProblem(ImplicitProblem):

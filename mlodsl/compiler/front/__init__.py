@@ -12,10 +12,14 @@ Each module has one job:
 * :mod:`~mlodsl.compiler.front.names` - the built-in names a program may use;
 * :mod:`~mlodsl.compiler.front.values` - static checks of field values and method calls;
 * :mod:`~mlodsl.compiler.front.graph` - the few graph algorithms the checker needs;
+* :mod:`~mlodsl.compiler.front.settings` - the header ``problem P <key=value, ...>`` (Betty
+  ``Config`` keys) and what contradicts it;
 * :mod:`~mlodsl.compiler.front.check` - every static check of a program;
 * :mod:`~mlodsl.compiler.front.overrides` - ``--set TARGET=VALUE`` edits of the IR;
+* :mod:`~mlodsl.compiler.front.override_values` - what an override's value may be (data, not
+  code);
 * :mod:`~mlodsl.compiler.front.fmt` - the canonical formatter.
 
 The front half depends only on the IR, :mod:`mlodsl.diagnostics` and the torch-free tables
-(:mod:`mlodsl.methods`); ``mlodsl check`` and ``mlodsl fmt`` run on it alone.
+(:mod:`mlodsl.methods`, :mod:`mlodsl.settings`); ``mlodsl check`` and ``mlodsl fmt`` run on it alone.
 """

@@ -180,6 +180,7 @@ class _Checker:
         self.check_graph()
         self.check_modules()
         self.check_reads()
+        self.check_nesting()
         unique = list(dict.fromkeys(self.out))
         return sorted(unique, key=Diagnostic.sort_key)
 
@@ -434,10 +435,114 @@ class _Checker:
                                  f"'{upper}' reads nothing at or below '{lower}'",
                                  f"use '{lower}' in the loss of '{upper}', e.g. '{lower}(x)'")
                 if lower in reads and upper not in reads[lower]:
-                    self.warning(e.target_span,
-                                 f"hypergradient through '{lower}' is zero: the loss of "
-                                 f"'{lower}' never reads '{upper}'",
-                                 f"use '{upper}' in the loss of '{lower}', e.g. '{upper}()'")
+                    self.warn_frozen_zero(upper, lower, e, reads, below)
+
+
+    def warn_frozen_zero(self, upper: str, lower: str, e, reads, below) -> None:
+        """The loss of ``lower`` never reads ``upper``: say whether that makes the hypergradient
+        zero exactly, or only under the default (frozen) chain (docs/hypergradients.md)."""
+        readers = sorted(b for b in below[lower] if upper in reads.get(b, ()))
+        if not readers:  # nothing at or below the lower reads the upper: zero in every mode
+            self.warning(e.target_span,
+                         f"hypergradient through '{lower}' is zero: neither the loss of "
+                         f"'{lower}' nor any level below it reads '{upper}'",
+                         f"use '{upper}' in the loss of '{lower}', e.g. '{upper}()'")
+            return
+        if self.multilevel_mode(upper, e) == "frozen":
+            self.warning(e.target_span,
+                         f"hypergradient through '{lower}' is zero under the default "
+                         f"(frozen) chain: the loss of '{lower}' never reads '{upper}', and "
+                         f"'{lower}''s Jacobian holds the levels below it fixed, though "
+                         f"{', '.join(repr(r) for r in readers)} read"
+                         f"{'s' if len(readers) == 1 else ''} '{upper}'",
+                         "let the levels below respond with multilevel=\"exact\" in the "
+                         "method, e.g. 'via cg(iterations=10, multilevel=\"exact\")' "
+                         "(docs/hypergradients.md, 'What is exact')")
+
+    def edge_method(self, upper: str, e) -> ir.Expr | None:
+        """The method expression of edge ``e`` (the ``via``, else the upper's ``hypergrad``,
+        else the engine's); None for the default, ``darts()``."""
+        method = e.method
+        if method is None:
+            hg = self.problems[upper].field("hypergrad")
+            method = hg.value if hg is not None else None
+        if method is None and self.program.engines:
+            hg = self.program.engines[0].field("hypergrad")
+            method = hg.value if hg is not None else None
+        return method
+
+    def method_argument(self, upper: str, e, name: str, default):
+        """A keyword argument of edge ``e``'s method: its literal value, ``default`` when it
+        is not given, None when it is not a literal."""
+        method = self.edge_method(upper, e)
+        if not isinstance(method, ir.Call):
+            return default
+        for kw in method.kwargs:
+            if kw.name == name:
+                value = literal_value(kw.value, self.lets)
+                return None if value is UNKNOWN else value
+        return default
+
+    def method_name(self, upper: str, e) -> str | None:
+        """The name of edge ``e``'s method (``darts`` by default), None when not a name."""
+        method = self.edge_method(upper, e)
+        if method is None:
+            return "darts"
+        func = method.func if isinstance(method, ir.Call) else method
+        return func.name if isinstance(func, ir.Name) else None
+
+    def multilevel_mode(self, upper: str, e) -> str | None:
+        """The ``multilevel`` argument of the method that carries edge ``e``; None when not a
+        literal."""
+        value = self.method_argument(upper, e, "multilevel", "frozen")
+        return value if isinstance(value, str) else None
+
+    # -- schedules whose hypergradient cannot be computed as written
+
+    def check_nesting(self):
+        """``multilevel="exact"`` above an unrolled (or ``reinforce``) level, and a checkpointed
+        ``unroll`` under another level's second-order unrolled steps: errors (the runtime
+        refuses both too; docs/hypergradients.md, "What is exact")."""
+        if back_edges(self.graph):
+            return
+        below = reachable_all(self.graph)
+        above = reachable_all(reverse(self.graph))
+        into: dict[str, list[tuple[str, object]]] = {}  # lower -> [(upper, edge)]
+        for upper, lowers in self.graph.items():
+            for lower, e in zip(lowers, self.edges[upper]):
+                into.setdefault(lower, []).append((upper, e))
+
+        def unrolled(name: str, second_order: bool = False) -> bool:
+            return any(self.method_name(u, e) == "unroll" and not (
+                second_order and self.method_argument(u, e, "first_order", False) is not False)
+                for u, e in into.get(name, ()))
+
+        for upper, lowers in self.graph.items():
+            for lower, e in zip(lowers, self.edges[upper]):
+                if self.multilevel_mode(upper, e) == "exact":
+                    for b in sorted(below[lower] - {lower}):
+                        for u, eb in into.get(b, ()):
+                            method = self.method_name(u, eb)
+                            if method in ("unroll", "reinforce"):
+                                self.error(e.target_span,
+                                           f"multilevel=\"exact\" on '{upper}' -> '{lower}' "
+                                           f"needs the levels below '{lower}' to respond "
+                                           f"implicitly, but '{u}' -> '{b}' uses {method}()",
+                                           f"use cg, neumann, darts or sama into '{b}', or "
+                                           "multilevel=\"frozen\"")
+                if self.method_name(upper, e) == "unroll" and \
+                        self.method_argument(upper, e, "checkpoint", False) is True and \
+                        self.method_argument(upper, e, "first_order", False) is False:
+                    for a in sorted(above[lower] - {lower}):
+                        if unrolled(a, second_order=True):
+                            self.error(e.target_span,
+                                       f"unroll(checkpoint=True) into '{lower}' cannot be "
+                                       f"nested under the unrolled steps of '{a}': the "
+                                       f"hypergradient above '{a}' would need a second "
+                                       f"derivative through the recomputed steps of '{lower}'",
+                                       f"drop checkpoint=True, or unroll '{a}' with "
+                                       "first_order=True (or an implicit method)")
+                            break
 
 
 def _dict_keys(expr: ir.Expr) -> list[str] | None:

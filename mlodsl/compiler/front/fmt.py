@@ -160,15 +160,16 @@ class _Printer:
         self.comments = sorted(program.comments, key=lambda c: (c.span.line, c.span.column))
         self.next = 0
 
-    def _pending(self) -> ir.Comment | None:
+    def pending(self) -> ir.Comment | None:
+        """The next comment not printed yet (None when all are)."""
         return self.comments[self.next] if self.next < len(self.comments) else None
 
     def leading(self, line: int, indent: str) -> None:
         """Emit the comments on lines before ``line``, each on its own line."""
-        while (c := self._pending()) is not None and c.span.line < line:
+        while (c := self.pending()) is not None and c.span.line < line:
             self.lines.append(indent + c.text)
             self.next += 1
-            following = self._pending()
+            following = self.pending()
             nxt = following.span.line if following is not None and following.span.line < line \
                 else line
             if nxt - c.span.line > 1:
@@ -176,7 +177,7 @@ class _Printer:
 
     def trailing(self, line: int) -> str:
         """The comment at the end of ``line`` (with its two-space gap), or ''."""
-        c = self._pending()
+        c = self.pending()
         if c is not None and c.span.line == line:
             self.next += 1
             return "  " + c.text
@@ -190,7 +191,7 @@ class _Printer:
         span = node.span
         self.leading(span.line, indent)
         # Comments inside a multi-line statement move above it.
-        while (c := self._pending()) is not None and c.span.line < span.end_line:
+        while (c := self.pending()) is not None and c.span.line < span.end_line:
             self.lines.append(indent + c.text)
             self.next += 1
         self.lines.append(indent + text + self.trailing(span.end_line))
@@ -201,7 +202,7 @@ class _Printer:
         head_end = max(head_end or span.line, span.line)
         self.leading(span.line, "")
         # Comments inside a header written over several lines move above it.
-        while (c := self._pending()) is not None and c.span.line < head_end:
+        while (c := self.pending()) is not None and c.span.line < head_end:
             self.lines.append(c.text)
             self.next += 1
         self.lines.append(header + " {" + self.trailing(head_end))
@@ -209,7 +210,7 @@ class _Printer:
         prev_end = head_end
         for f in fields:
             start = f.span.line
-            first_comment = self._pending()
+            first_comment = self.pending()
             first = first_comment.span.line if (first_comment is not None and
                                                 first_comment.span.line < start) else start
             if first - prev_end > 1 and self.lines[-1] != "" and not self.lines[-1].endswith("{"):
@@ -241,7 +242,7 @@ def format_ir(program: ir.Program) -> str:
         if prev is not None:
             block = isinstance(item, (ir.Problem, ir.Engine)) or isinstance(
                 prev, (ir.Problem, ir.Engine))
-            c = p._pending()
+            c = p.pending()
             start = c.span.line if c is not None and c.span.line < item.span.line \
                 else item.span.line
             if block or _kind(item) != _kind(prev) or start - prev.span.end_line > 1:
@@ -264,7 +265,7 @@ def format_ir(program: ir.Program) -> str:
         elif isinstance(item, ir.Engine):
             p.block("engine", item, item.fields)
         prev = item
-    if prev is not None and p._pending() is not None:
+    if prev is not None and p.pending() is not None:
         p.blank()
     return p.finish()
 

@@ -98,6 +98,7 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
     def one_step_window(e) -> bool:  # see iteration.unroll_obstacle
         return (e.every == 1 and not getattr(e, "warmup", 0) and len(uppers_of[e.lower]) == 1
                 and not any(o.upper == e.lower for o in edges)
+                and not any(o.lower == e.upper for o in edges)  # no nested window
                 and problems[e.lower].accumulation_steps(unrolled=True) == 1)
 
     unrolled = {e.lower: e for e in edges if e.method == "unroll" and not one_step_window(e)}

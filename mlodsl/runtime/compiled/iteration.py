@@ -78,13 +78,16 @@ class _Holder(nn.Module):
 def unroll_obstacle(engine, lower: str) -> str | None:
     """Why the ``unroll`` window of ``lower`` cannot be differentiated inside one captured
     iteration, or None: it must be one step long (``every 1``, no warm-up), of a lower with
-    no lowers of its own, one batch per step, and its only edge in."""
+    no lowers of its own, one batch per step, its only edge in, and no level above its upper."""
     edges = [e for e in engine.edges.values() if e.lower == lower]
     if len(edges) != 1 or edges[0].every != 1 or edges[0].warmup:
         return "an unroll window longer than one step spans iterations"
     problem = engine.problems[lower]
     if engine.descendants_bottom_up(lower) or problem.accumulation_steps(unrolled=True) != 1:
         return "unroll through a lower with lowers or grad_accum runs eagerly"
+    if len(engine.window_consumers.above(lower)) > 1:
+        # nested: the window stays open until every level above has stepped (consumers.py)
+        return "an unroll window under more than one level stays open until the top steps"
     return None
 
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from mlodsl.runtime import distributed
+from mlodsl.runtime.hypergrad.multilevel import exact_push, is_exact
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, get_method
 
 __all__ = ["total_gradient"]
@@ -71,11 +72,16 @@ def total_gradient(engine, problem, loss: torch.Tensor, create_graph: bool = Fal
             # the combined-batch hypergradient, not an average of per-rank ones.
             v = [t.clone() for t in v]
             distributed.average_tensors(v)
-        request = HypergradRequest(
-            engine=engine, lower=lower, targets=targets, v=v,
-            upper=problem, upper_loss=detached_loss,
-            state=engine.method_state(problem.name, name))
-        contributions = get_method(method)(request, **args)
+        if is_exact(engine, name, args):  # the middle's total objective (multilevel.py)
+            contributions = exact_push(engine, problem, lower, targets, v)
+        else:
+            request = HypergradRequest(
+                engine=engine, lower=lower, targets=targets, v=v,
+                upper=problem, upper_loss=detached_loss,
+                state=engine.method_state(problem.name, name))
+            # 'multilevel' is the chain's setting, not the method's (frozen: its own loss)
+            contributions = get_method(method)(
+                request, **{k: a for k, a in args.items() if k != "multilevel"})
         _distribute(cotangent, targets, contributions, skip=unrolled - {problem.name})
 
     return [torch.zeros_like(p) if g is None else g

@@ -120,8 +120,14 @@ class HypergradRequest:
 
     def grad_lower(self, loss: torch.Tensor, create_graph: bool = True,
                    params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """``d loss / d w`` (zeros for parameters the loss does not reach)."""
+        """``d loss / d w`` (zeros for parameters the loss does not reach).
+
+        A zero entry has no graph: :meth:`hvp` and :meth:`mixed_vjp` treat it as a constant,
+        so a parameter the loss never reads contributes nothing instead of failing.
+        """
         params = list(params) if params is not None else self.lower_params()
+        if not loss.requires_grad:  # the loss reads none of the lower's parameters
+            return [torch.zeros_like(p) for p in params]
         grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
@@ -152,8 +158,16 @@ class HypergradRequest:
 
     def hvp(self, lower_grad: Sequence[torch.Tensor], vector: Sequence[torch.Tensor],
             params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Hessian-vector product of the lower's loss, from a gradient built with a graph."""
+        """Hessian-vector product of the lower's loss, from a gradient built with a graph.
+
+        Entries of ``lower_grad`` without a graph (parameters the loss does not read, or reads
+        only linearly) are constant in ``w``: their rows of ``H`` are zero.
+        """
         params = list(params) if params is not None else self.lower_params()
-        out = torch.autograd.grad(list(lower_grad), params, grad_outputs=list(vector),
+        pairs = [(g, x) for g, x in zip(lower_grad, vector) if g.requires_grad]
+        if not pairs:
+            return [torch.zeros_like(p) for p in params]
+        out = torch.autograd.grad([g for g, _ in pairs], params,
+                                  grad_outputs=[x for _, x in pairs],
                                   retain_graph=True, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(out, params)]

@@ -55,7 +55,7 @@ import torch
 
 from mlodsl.runtime.hypergrad.registry import HypergradRequest, register
 
-__all__ = ["unroll", "new_tape", "run_checkpointed", "REPLAY_BUDGET"]
+__all__ = ["unroll", "check_nesting", "new_tape", "run_checkpointed", "REPLAY_BUDGET"]
 
 
 @register("unroll")
@@ -63,6 +63,31 @@ def unroll(request: HypergradRequest, first_order: bool = False, checkpoint: boo
            ) -> list[None]:
     """Nothing beyond autograd through the recorded steps (see module docstring)."""
     return [None] * len(request.target_params())
+
+
+def check_nesting(engine) -> None:
+    """Refuse a checkpointed window below another level whose steps are unrolled.
+
+    A checkpointed step keeps no graph: its backward recomputes it and differentiates it
+    once, detached from the step's inputs. An unrolled (second-order) level above it takes
+    its own steps with a graph *through* that backward, and the level above that needs the
+    derivative of it: a second derivative through the recomputation, which it does not give.
+    Without the check, those paths would silently contribute nothing.
+    """
+    from mlodsl.diagnostics import MLOError
+
+    for name in engine.window_consumers.unrolled:
+        first_order, checkpointed = engine.unroll_settings(name)
+        if not checkpointed or first_order:
+            continue
+        for above in engine.window_consumers.above(name):
+            if engine.is_unrolled(above) and not engine.unroll_settings(above)[0]:
+                raise MLOError(
+                    f"unroll(checkpoint=True) into '{name}' cannot be nested under the "
+                    f"unrolled steps of '{above}': the hypergradient above '{above}' would "
+                    f"need a second derivative through the recomputed steps of '{name}'",
+                    hint=f"drop checkpoint=True on the edge into '{name}', or unroll "
+                    f"'{above}' with first_order=True (or an implicit method)")
 
 
 def new_tape(length: int) -> "_Tape":

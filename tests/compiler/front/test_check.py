@@ -75,9 +75,25 @@ def test_warnings_are_not_errors():
     diags = check(parse(src))
     assert errors(diags) == []
     assert sorted(d.message for d in diags) == [
-        "hypergradient through 'a' is zero: the loss of 'a' never reads 'b'",
+        "hypergradient through 'a' is zero: neither the loss of 'a' nor any level below it "
+        "reads 'b'",
         "hypergradient through 'a' is zero: the loss of 'b' reads nothing at or below 'a'",
     ]
+
+
+def test_zero_only_under_the_frozen_chain_points_to_the_exact_mode():
+    """The middle never reads the top, but the level below it does: the default (frozen)
+    chain's hypergradient through the middle is zero, the exact mode's is not."""
+    levels = ("low | low(x) + mid() + top()", "mid depends low | low(x)",
+              "top depends mid%s | low(x) + mid()")
+    diags = check(parse(program(*(lv.replace("%s", "") for lv in levels))))
+    (w,) = [d for d in diags if d.severity == "warning"]
+    assert w.message == ("hypergradient through 'mid' is zero under the default (frozen) "
+                         "chain: the loss of 'mid' never reads 'top', and 'mid''s Jacobian "
+                         "holds the levels below it fixed, though 'low' reads 'top'")
+    assert 'multilevel="exact"' in w.hint
+    exact = program(*(lv.replace("%s", ' via cg(multilevel="exact")') for lv in levels))
+    assert [d for d in check(parse(exact)) if d.severity == "warning"] == []
 
 
 def test_reading_a_descendant_counts_as_at_or_below():
