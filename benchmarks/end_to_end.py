@@ -40,7 +40,7 @@ def one_run(program: str, iterations: int, compile: bool, cache: str, wait: bool
     text = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
-    notes = re.findall(r"compiling iteration[^\n]*", text)
+    notes = re.findall(r"(?:not )?compiling iteration[^\n]*", text)
     return {"seconds": seconds, "compiling": notes}
 
 

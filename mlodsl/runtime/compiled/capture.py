@@ -242,6 +242,19 @@ class _BackgroundCompile:
         """Block until the compilation finishes (or ``timeout`` seconds pass)."""
         self._thread.join(timeout)
 
+    def cancel(self) -> None:
+        """Raise :class:`_Cancelled` in the thread at its next Python instruction."""
+        import ctypes
+
+        if self._thread.is_alive() and self._thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                                                       ctypes.py_object(_Cancelled))
+
+    @staticmethod
+    def jobs() -> list["_BackgroundCompile"]:
+        """Every compilation started in this process."""
+        return list(_BackgroundCompile._jobs)
+
 
 class WholeIteration:
     """The engine's compiled mode: runs an iteration captured, or says the engine must.
@@ -523,15 +536,10 @@ def _stop_compilations(timeout: float = 30.0) -> None:
     without an active exception"). The run is over; their result would not be used. The
     thread gets :class:`_Cancelled` at its next Python instruction (compiling is mostly
     Python; a C++ compiler runs in a worker process), then is waited for."""
-    import ctypes
-
-    for job in _BackgroundCompile._jobs:
-        thread = job._thread
-        if thread.is_alive() and thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                       ctypes.py_object(_Cancelled))
-    for job in _BackgroundCompile._jobs:
-        job._thread.join(timeout)
+    for job in _BackgroundCompile.jobs():
+        job.cancel()
+    for job in _BackgroundCompile.jobs():
+        job.wait(timeout)
 
 
 def _copy(x):
