@@ -17,6 +17,10 @@ a folder holding only a link to its package, so this process's torch is used by 
     python benchmarks/interleaved.py --program hpo --method darts --unroll 5 --rounds 30 --json
     python benchmarks/interleaved.py --sides floor,mlo,mlo_compiled --method cg --hvp-iters 3
 
+``--method`` takes darts, neumann, cg, sama and unroll; Betty has no unroll (reverse mode
+through the window), so for it the ``betty`` and ``mlodsl`` sides run ``darts`` with the same
+``--unroll``: the baseline is Betty's cheapest method.
+
 Side ``floor`` is the seed HPO iteration hand-written as one pure function and compiled by
 torch.compile (``floor.py``, a copy of the project's measuring stick ``shared/floor/``): the
 time a compiled MLO iteration is held to. It has no engine and exists for the hpo program and
