@@ -213,6 +213,8 @@ def test_compile_falls_back_to_eager_when_torch_compile_fails(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
+    # compile now, however short the run (else it stays eager and compiles nothing)
+    monkeypatch.setenv("MLODSL_COMPILE_WAIT", "1")
     with pytest.warns(RuntimeWarning, match="torch.compile could not run the loss"):
         _, compiled = _run_compiled_program()
     _, eager, _ = compile_and_run(LOSSES[0], sliced=True)
