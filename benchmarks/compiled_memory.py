@@ -47,7 +47,8 @@ def main(argv=None) -> int:
                                           args.hvp_iters)
         interleaved.advance(side, engine, args.warmup * args.unroll)
         peak = _common.run_with_tensor_memory(
-            lambda: interleaved.advance(side, engine, args.iters * args.unroll))
+            lambda side=side, engine=engine: interleaved.advance(side, engine,
+                                                              args.iters * args.unroll))
         result["sides"][side] = {"peak_tensor_mb": peak}
     base = result["sides"].get("betty", {}).get("peak_tensor_mb")
     for v in result["sides"].values():
