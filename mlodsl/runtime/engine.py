@@ -383,6 +383,10 @@ class Engine:
         problem.begin_step(self.global_step)
         problem.end_step(bool(self.schedule.uppers(problem.name)))
         self._log_problem(problem)
+        # the captured iteration closed its windows already (nothing is left to write back);
+        # this keeps the record of pending uses in step for a later eager iteration
+        for lower in self.window_consumers.stepped(problem.name):
+            end_unroll_window(self.problems[lower])
         for lower in self.schedule.lowers(problem.name):
             self.problems[lower].upper_stepped()
 

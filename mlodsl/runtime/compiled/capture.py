@@ -96,7 +96,7 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
         uppers_of.setdefault(e.lower, []).append(e)
 
     def one_step_window(e) -> bool:  # see iteration.unroll_obstacle
-        return (e.every == 1 and not getattr(e, "warmup", 0) and len(uppers_of[e.lower]) == 1
+        return (not getattr(e, "warmup", 0) and len(uppers_of[e.lower]) == 1
                 and not any(o.upper == e.lower for o in edges)
                 and not any(o.lower == e.upper for o in edges)  # no nested window
                 and problems[e.lower].accumulation_steps(unrolled=True) == 1)
@@ -275,6 +275,8 @@ class WholeIteration:
         self._entries: dict[tuple[str, ...], _Entry] = {}
         self._warned: set[str] = set()
         self.prefetched: dict[str, Any] = {}
+        #: per lower whose unrolled window runs captured: the batches of its steps so far
+        self._window_batches: dict[str, list] = {}
         #: iterations taken by a captured function (compiled, or as Python with the backend
         #: ``python``)
         self.captured_iterations = 0
@@ -308,13 +310,33 @@ class WholeIteration:
             if entry.iteration is None:
                 return False
             it = entry.iteration
-        if not self._compiled_yet(entry, key):
+        # a window of several steps runs captured from its first step to its last (its fast
+        # weights then carry no graph: the closing step replays the window), or not at all
+        carried = {n: self._window_batches.get(n) for n in it.windows}
+        for n in it.windows:
+            window = self.engine.problems[n].unrolled_window
+            if window.is_open and (carried[n] is None or len(carried[n]) != window.steps):
+                return False  # opened by an eager step: the eager engine closes it
+            if n in it.inside and not window.is_open and not self._closes_captured(n):
+                return False
+        forced = any(carried[n] for n in it.windows)
+        if not self._compiled_yet(entry, key) and not forced:
             return False  # compiling in the background: this iteration runs eagerly
         batches = {n: [self.engine.problems[n].next_batch() for _ in range(it.steps[n].accum)]
                    for n in key}
+        for n in it.windows:
+            window = self.engine.problems[n].unrolled_window
+            if not window.is_open:
+                carried[n] = self._window_batches[n] = []
+            carried[n].append(batches[n][0])
+            if n in it.closing:
+                batches[n] = list(carried[n])
         args = it.inputs(batches)
         try:
-            outputs = self._call(entry, key, args)
+            if forced and not (self.backend == "python" or entry.calls):
+                outputs = it(*args)  # the window's other steps ran captured: so does this
+            else:
+                outputs = self._call(entry, key, args)
         except NotCapturable as why:
             entry.iteration = None
             entry.reason = str(why)
@@ -327,10 +349,31 @@ class WholeIteration:
                 self.prefetched = {n: b[0] for n, b in batches.items()}
                 return False
             self._after(key, outputs)
+            self._windows_after(it, outputs)
             return True
         self._after(key, outputs)
+        self._windows_after(it, outputs)
         self.captured_iterations += 1
         return True
+
+    def _closes_captured(self, lower: str) -> bool:
+        """Whether the pattern that closes ``lower``'s window has been seen and captured."""
+        return any(lower in k and e.iteration is not None and lower in e.iteration.closing
+                   for k, e in self._entries.items())
+
+    def _windows_after(self, it: CapturedIteration, outputs: dict) -> None:
+        """A window's step taken: its fast weights and state go to the window; a window
+        closed: the live tensors hold its end already, the window is dropped."""
+        for n in it.windows:
+            window = self.engine.problems[n].unrolled_window
+            if n in it.inside:
+                fast, states = outputs[f"window:{n}"]
+                window.open()
+                window.advance([f.detach() for f in fast],
+                               it.steps[n].optimizer.to_window(states))
+            else:
+                window.load_state_dict(None)
+                self._window_batches.pop(n, None)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every background compilation started so far has finished."""
@@ -420,7 +463,8 @@ class WholeIteration:
         last = {n: self.engine.problems[n].cur_batch for n in it.pattern}
         if any(b is None for b in last.values()):
             return None
-        batches = {n: [last[n] for _ in range(it.steps[n].accum)] for n in it.pattern}
+        batches = {n: [last[n] for _ in range(it.windows[n] if n in it.closing
+                                               else it.steps[n].accum)] for n in it.pattern}
         return _copy(it.inputs(batches))
 
     def patterns(self) -> dict[tuple[str, ...], str]:

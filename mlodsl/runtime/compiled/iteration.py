@@ -80,8 +80,8 @@ def unroll_obstacle(engine, lower: str) -> str | None:
     iteration, or None: it must be one step long (``every 1``, no warm-up), of a lower with
     no lowers of its own, one batch per step, its only edge in, and no level above its upper."""
     edges = [e for e in engine.edges.values() if e.lower == lower]
-    if len(edges) != 1 or edges[0].every != 1 or edges[0].warmup:
-        return "an unroll window longer than one step spans iterations"
+    if len(edges) != 1 or edges[0].warmup:
+        return "an unroll window with a warm-up (or under two uppers) runs eagerly"
     problem = engine.problems[lower]
     if engine.descendants_bottom_up(lower) or problem.accumulation_steps(unrolled=True) != 1:
         return "unroll through a lower with lowers or grad_accum runs eagerly"
@@ -157,6 +157,18 @@ class CapturedIteration:
             if lower not in self.steps:
                 raise NotCapturable(f"the unrolled lower '{lower}' does not step in this "
                                     "iteration")
+        # windows longer than one step: ``inside`` lowers step on the window's fast weights
+        # (the result goes back to the window, not to the live tensors); ``closing`` lowers
+        # take their window's last step here, and their upper replays the whole window from
+        # its start state (states["window:LOWER"]) with its batches (steps[LOWER], all of them)
+        self.windows = {n: engine.window_length(n) for n in self.pattern
+                        if engine.is_unrolled(n) and engine.window_length(n) > 1}
+        for n in self.windows:
+            why = unroll_obstacle(engine, n)
+            if why:
+                raise NotCapturable(why)
+        self.closing = {n for n in self.windows if n in self.unrolled}
+        self.inside = set(self.windows) - self.closing
         self.sama_optimizers: dict[str, FunctionalOptimizer] = {}
         for s in self.steps.values():
             for lower, _, method, _ in s.pushes:
@@ -177,6 +189,13 @@ class CapturedIteration:
         for lower, fo in self.sama_optimizers.items():
             lrs.setdefault(f"sama:{lower}", fo.learning_rates())
         context = {n: self.problems[n].cur_batch for n in self.context}
+        for n in self.windows:  # a window's fast weights (when open) stand for the live ones
+            window = self.problems[n].unrolled_window
+            if n in self.closing:
+                states[f"window:{n}"] = (params[n], states[n])
+            if window.is_open:
+                params[n] = list(window.fast)
+                states[n] = self.steps[n].optimizer.from_window(window.optimizer.state)
         return params, states, lrs, batches, context
 
     def ready(self) -> bool:
@@ -199,7 +218,7 @@ class CapturedIteration:
         gradient (finite exactly when the gradient is: for the divergence guard) and the other
         entries of its ``training_step`` dict.
         """
-        live_params, live_states = params, states
+        live_params, live_states = dict(params), states
         params = {n: list(v) for n, v in params.items()}
         new_states = {}
         states = dict(states)  # entries replaced as problems step (sama reads the newest)
@@ -210,7 +229,7 @@ class CapturedIteration:
             step = self.steps[name]
             total = None
             loss = metrics = None
-            for batch in steps[name]:
+            for batch in (steps[name][-1:] if name in self.closing else steps[name]):
                 last_batch[name] = batch
                 g, loss, metrics = self._total_gradient(step, params, last_batch, states, lrs,
                                                         before)
@@ -225,12 +244,14 @@ class CapturedIteration:
             # for the divergence guard: a sum is finite exactly when its terms are (short of
             # overflow), and fuses with the update's pass where a norm costs a pass of its own
             sums = torch.stack([x.sum() for x in total]) if step.below else None
-            if name in self.unrolled:
-                before[name] = (params[name], states[name])
+            if name in self.closing:
+                before[name] = states[f"window:{name}"] + (steps[name],)
+            elif name in self.unrolled:
+                before[name] = (params[name], states[name], steps[name])
             new, new_states[name] = step.optimizer.update(params[name], total, states[name],
                                                           lrs[name])
             # an unrolled lower's callbacks run when its window closes, after its upper
-            if step.callbacks and name not in self.unrolled:
+            if step.callbacks and name not in self.unrolled and name not in self.inside:
                 _run_callbacks(step.callbacks, new)
             for lower, _, method, _ in step.pushes:
                 if method == "unroll" and lower in before:
@@ -238,8 +259,15 @@ class CapturedIteration:
             params[name] = new
             states[name] = states[f"sama:{name}"] = new_states[name]
             outputs[name] = (loss.detach(), sums, metrics)
+        for name in self.inside:  # the window's new fast weights: the caller installs them
+            outputs[f"window:{name}"] = (params[name], new_states[name])
         with torch.no_grad():  # write back: the live tensors now hold the new state
             for name in self.pattern:
+                if name in self.inside:
+                    continue
+                if name in self.closing:  # the window closes: its start tensors are live
+                    live_params[name] = live_states[f"window:{name}"][0]
+                    live_states = {**live_states, name: live_states[f"window:{name}"][1]}
                 for live, new in zip(live_params[name], params[name]):
                     live.copy_(new)
                 for live, new in zip(live_states[name], new_states[name]):
@@ -271,8 +299,7 @@ class CapturedIteration:
         def f(sub):
             current = {**params, **sub}
             for lower in replay:
-                current[lower] = self._unrolled_step(lower, current, before[lower],
-                                                     batches[lower], lrs)
+                current[lower] = self._unrolled_step(lower, current, before[lower], lrs)
             loss, metrics = self._loss(name, current, batches[name])
             return loss, (loss, metrics)
 
@@ -288,16 +315,19 @@ class CapturedIteration:
                 cot[t] = [a + c for a, c in zip(cot[t], contrib[t])]
         return cot[name], loss, metrics
 
-    def _unrolled_step(self, lower: str, params: Params, start, batch, lrs) -> list:
-        """The lower's one-step window again: its update from ``start`` (parameters, optimizer
-        state), differentiable in every other problem's parameters in ``params``."""
-        theta, state = start
+    def _unrolled_step(self, lower: str, params: Params, start, lrs) -> list:
+        """The lower's window again: its updates from ``start`` (parameters, optimizer state,
+        the window's batches), differentiable in every other problem's parameters in
+        ``params``."""
+        theta, state, batches = start
         step = self.steps[lower]
-        g = grad(lambda w: self._loss(lower, {**params, lower: w}, batch)[0])(theta)
-        if step.clip is not None:
-            coef = torch.clamp(step.clip / (_vector_norm(g) + 1e-6), max=1.0)
-            g = [x * coef for x in g]
-        return step.optimizer.update(theta, g, state, lrs[lower])[0]
+        for batch in batches:
+            g = grad(lambda w: self._loss(lower, {**params, lower: w}, batch)[0])(theta)
+            if step.clip is not None:
+                coef = torch.clamp(step.clip / (_vector_norm(g) + 1e-6), max=1.0)
+                g = [x * coef for x in g]
+            theta, state = step.optimizer.update(theta, g, state, lrs[lower])
+        return theta
 
     def lower_loss(self, lower: str, params: Params, batch, **replace) -> torch.Tensor:
         """The lower's loss with some problems' parameters replaced (``name=[tensors]``)."""

@@ -190,6 +190,22 @@ class FunctionalOptimizer:
             out.append({k: s[k] for k in keys})
         return out
 
+    def from_window(self, window_state: list[dict]) -> list[dict[str, torch.Tensor]]:
+        """An unrolled window's optimizer state (:mod:`mlodsl.runtime.optim`: a Python ``step``)
+        under this rule's keys (``step`` as a tensor, as torch keeps it)."""
+        out = []
+        for p, keys, s in zip(self.params, self.state_keys, window_state):
+            live = self.optimizer.state[p]
+            out.append({k: torch.full_like(live[k], float(s[k])) if k == "step" else s[k]
+                        for k in keys})
+        return out
+
+    @staticmethod
+    def to_window(states: list[dict[str, torch.Tensor]]) -> list[dict]:
+        """This rule's per-parameter states as an unrolled window keeps them (detached)."""
+        return [{k: int(v.item()) if k == "step" else v.detach() for k, v in s.items()}
+                for s in states]
+
     def learning_rates(self) -> list[torch.Tensor]:
         """One 0-d tensor per param group with its current ``lr`` (refilled when it changed)."""
         for i, g in enumerate(self.optimizer.param_groups):

@@ -33,7 +33,9 @@ def test_unsupported_optimizer_runs_eagerly_with_one_located_warning():
 
 
 def test_unroll_edge_runs_eagerly_and_names_the_edge():
-    engine = mlo_engine("unroll", "", compile=True, iterations=10, every=2)
+    """An unroll window the graph cannot hold (grad_accum inside the window)."""
+    engine = mlo_engine("unroll", "", compile=True, iterations=10, every=2,
+                        lower_extra="grad_accum = 2")
     messages = _run_warned(engine)
     assert len(messages) == 1 and "edge hpo -> classifier" in messages[0], messages
     assert "unroll" in messages[0]
