@@ -12,8 +12,10 @@ divergence guard's single check per iteration stay in the engine, unchanged.
 What a graph cannot hold runs on the eager path (where ``compile = True`` still runs the loss
 graphs' first-order evaluations through torch.compile), with ONE warning naming the reason
 (and, for a ``.mlo`` program, the field's ``FILE:LINE:COL``): ``reinforce`` (it samples and
-keeps a baseline on the host), ``unroll`` windows longer than one step (they span
-iterations), ``cg(tol > 0)``, an optimizer without a functional rule,
+keeps a baseline on the host), ``unroll`` windows with a warm-up, ``grad_accum`` or more
+than one level above them (a window of several steps under one upper is captured: its inside
+steps on the window's fast weights, its closing iteration replaying it, ``iteration.py``),
+``cg(tol > 0)``, an optimizer without a functional rule,
 modules with buffers (BatchNorm statistics), ``on_nan = "skip"``, mixed precision,
 data parallelism, ``roll_back``, or a loss or callback that torch.compile cannot trace as one
 graph (``.item()``, data-dependent Python): the last kind is found when the pattern is first
@@ -130,8 +132,8 @@ def program_reasons(problems: Mapping[str, Any], edges: Iterable[Any], settings:
         reason = engine_wide
         if reason is None and e.method not in CAPTURED_METHODS and not (
                 e.method == "unroll" and one_step_window(e)):
-            reason = {"unroll": "an unroll window longer than one step (or through a lower "
-                                "with lowers, or grad_accum) spans iterations",
+            reason = {"unroll": "an unroll window with a warm-up, under more than one level, "
+                                "through a lower with lowers, or with grad_accum runs eagerly",
                       "reinforce": "reinforce samples and keeps a baseline on the host"}.get(
                 e.method, f"method '{e.method}' has no functional form")
         if reason is None and e.method == "cg" and (e.args or {}).get("tol", 0) > 0:

@@ -23,8 +23,11 @@ torch.compile traces into one graph (``torch.autograd.grad`` would break it):
 2. its total gradient: ``grad`` of the loss in its own and every lower's parameters, then the
    cotangents pushed bottom-up through each lower by the edge's method (``darts``, ``sama``,
    ``neumann``, ``cg``, ``first_order``), summing over all paths of the DAG; a lower unrolled
-   over a one-step window (``unroll``, ``every 1``) is stepped again inside the differentiated
-   function instead, so the derivative through its update is part of the gradient;
+   (``unroll``) is stepped again inside the differentiated function instead, from its window's
+   start state over the window's batches (one step with ``every 1``, T with ``every T``), so
+   the derivative through its updates is part of the gradient. The lower's steps inside a
+   longer window (a pattern without the upper) step the window's fast weights and return them
+   (``outputs["window:NAME"]``) instead of writing the live tensors, which keep the start;
 3. ``grad_accum`` averages, ``grad_clip`` clips by the total norm, the functional optimizer
    (:mod:`mlodsl.runtime.compiled.optimizers`) updates, ``param_callback``/``after_step`` run
    on the new tensors.
@@ -77,8 +80,9 @@ class _Holder(nn.Module):
 
 def unroll_obstacle(engine, lower: str) -> str | None:
     """Why the ``unroll`` window of ``lower`` cannot be differentiated inside one captured
-    iteration, or None: it must be one step long (``every 1``, no warm-up), of a lower with
-    no lowers of its own, one batch per step, its only edge in, and no level above its upper."""
+    iteration (a one-step window) or over the iterations of a longer one, or None: no warm-up,
+    a lower with no lowers of its own, one batch per step, its only edge in, and no level
+    above its upper."""
     edges = [e for e in engine.edges.values() if e.lower == lower]
     if len(edges) != 1 or edges[0].warmup:
         return "an unroll window with a warm-up (or under two uppers) runs eagerly"
