@@ -277,7 +277,7 @@ class WholeIteration:
         self._entries: dict[tuple[str, ...], _Entry] = {}
         self._warned: set[str] = set()
         self.prefetched: dict[str, Any] = {}
-        #: per lower whose unrolled window runs captured: the batches of its steps so far
+        #: per lower whose unrolled window runs captured: its steps so far (batch, lrs)
         self._window_batches: dict[str, list] = {}
         #: iterations taken by a captured function (compiled, or as Python with the backend
         #: ``python``)
@@ -322,21 +322,26 @@ class WholeIteration:
             if n in it.inside and not window.is_open and not self._closes_captured(n):
                 return False
         forced = any(carried[n] for n in it.windows)
-        if not self._compiled_yet(entry, key) and not forced:
+        compiled = self._compiled_yet(entry, key)
+        if not compiled and not forced:
             return False  # compiling in the background: this iteration runs eagerly
         batches = {n: [self.engine.problems[n].next_batch() for _ in range(it.steps[n].accum)]
                    for n in key}
+        window_lrs = {}
         for n in it.windows:
             window = self.engine.problems[n].unrolled_window
             if not window.is_open:
                 carried[n] = self._window_batches[n] = []
-            carried[n].append(batches[n][0])
+            # the step's batch and learning rates (the tensors are refilled in place later)
+            lrs = [lr.clone() for lr in it.steps[n].optimizer.learning_rates()]
+            carried[n].append((batches[n][0], lrs))
             if n in it.closing:
-                batches[n] = list(carried[n])
-        args = it.inputs(batches)
+                batches[n] = [b for b, _ in carried[n]]
+                window_lrs[n] = [lr for _, lr in carried[n]]
+        args = it.inputs(batches, window_lrs)
         try:
-            if forced and not (self.backend == "python" or entry.calls):
-                outputs = it(*args)  # the window's other steps ran captured: so does this
+            if not compiled:  # the window's other steps ran captured: so does this one
+                outputs = it(*args)
             else:
                 outputs = self._call(entry, key, args)
         except NotCapturable as why:

@@ -182,8 +182,12 @@ class CapturedIteration:
                         self.problems[lower].trainable_parameters())
 
     # -- what the caller passes ------------------------------------------------------------------
-    def inputs(self, batches: dict[str, list]) -> tuple:
-        """The arguments of :meth:`__call__` from the live state and this iteration's batches."""
+    def inputs(self, batches: dict[str, list], window_lrs: dict | None = None) -> tuple:
+        """The arguments of :meth:`__call__` from the live state and this iteration's batches.
+
+        ``window_lrs``: per lower whose window this iteration closes, the learning rates of each
+        of the window's steps (``batches`` holds the window's batches; by default, the lrs now).
+        """
         params = {n: [p.detach() for p in prob.trainable_parameters()]
                   for n, prob in self.problems.items()}
         states = {n: s.optimizer.states() for n, s in self.steps.items()}
@@ -197,6 +201,7 @@ class CapturedIteration:
             window = self.problems[n].unrolled_window
             if n in self.closing:
                 states[f"window:{n}"] = (params[n], states[n])
+                lrs[f"window:{n}"] = (window_lrs or {}).get(n) or [lrs[n]] * len(batches[n])
             if window.is_open:
                 params[n] = list(window.fast)
                 states[n] = self.steps[n].optimizer.from_window(window.optimizer.state)
@@ -249,7 +254,8 @@ class CapturedIteration:
             # overflow), and fuses with the update's pass where a norm costs a pass of its own
             sums = torch.stack([x.sum() for x in total]) if step.below else None
             if name in self.closing:
-                before[name] = states[f"window:{name}"] + (steps[name],)
+                before[name] = states[f"window:{name}"] + (steps[name],
+                                                           lrs[f"window:{name}"])
             elif name in self.unrolled:
                 before[name] = (params[name], states[name], steps[name])
             new, new_states[name] = step.optimizer.update(params[name], total, states[name],
@@ -323,14 +329,16 @@ class CapturedIteration:
         """The lower's window again: its updates from ``start`` (parameters, optimizer state,
         the window's batches), differentiable in every other problem's parameters in
         ``params``."""
-        theta, state, batches = start
+        theta, state, batches, *per_step = start
         step = self.steps[lower]
-        for batch in batches:
+        # each step's learning rates (a scheduler may step inside the window), or this one's
+        per_step = per_step[0] if per_step else [lrs[lower]] * len(batches)
+        for batch, lr in zip(batches, per_step):
             g = grad(lambda w: self._loss(lower, {**params, lower: w}, batch)[0])(theta)
             if step.clip is not None:
                 coef = torch.clamp(step.clip / (_vector_norm(g) + 1e-6), max=1.0)
                 g = [x * coef for x in g]
-            theta, state = step.optimizer.update(theta, g, state, lrs[lower])
+            theta, state = step.optimizer.update(theta, g, state, lr)
         return theta
 
     def lower_loss(self, lower: str, params: Params, batch, **replace) -> torch.Tensor:

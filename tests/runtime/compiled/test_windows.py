@@ -83,3 +83,16 @@ def test_clip_and_callbacks_of_the_lower_in_the_window():
     eager = _run(lambda **k: mlo_engine("unroll", "", **kw, **k), False)
     captured = _run(lambda **k: mlo_engine("unroll", "", **kw, **k), True)
     assert_same_parameters(parameters(eager), parameters(captured))
+
+
+def test_a_learning_rate_schedule_inside_the_window():
+    """StepLR on the lower every 3 steps: the replayed window uses each step's own rate."""
+    def engine(compile):
+        e = mlo_engine("unroll", "", every=5, compile=compile)
+        opt = e.problems["classifier"].optimizer
+        e.problems["classifier"].scheduler = torch.optim.lr_scheduler.StepLR(opt, 3, 0.8)
+        return e
+
+    eager = _run(lambda compile: engine(compile), False)
+    captured = _run(lambda compile: engine(compile), True)
+    assert_same_parameters(parameters(eager), parameters(captured))
