@@ -334,7 +334,7 @@ class CapturedIteration:
         # each step's learning rates (a scheduler may step inside the window), or this one's
         per_step = per_step[0] if per_step else [lrs[lower]] * len(batches)
         for batch, lr in zip(batches, per_step):
-            g = grad(lambda w: self._loss(lower, {**params, lower: w}, batch)[0])(theta)
+            g = grad(lambda w, b=batch: self._loss(lower, {**params, lower: w}, b)[0])(theta)
             if step.clip is not None:
                 coef = torch.clamp(step.clip / (_vector_norm(g) + 1e-6), max=1.0)
                 g = [x * coef for x in g]
