@@ -3,7 +3,6 @@
 gives the eager engine's parameters (darts, neumann). Real inductor compilations: tens of
 seconds each."""
 import pytest
-import torch
 from torch._dynamo.utils import counters
 
 from tests.support import cuda as H

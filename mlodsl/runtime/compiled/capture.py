@@ -349,15 +349,15 @@ class WholeIteration:
         if entry.background is None and not self._worth_compiling(entry):
             return False
         if entry.background is None:
-            args = self._dry_arguments(entry.iteration)
-            if args is None:  # no batch seen yet to compile with: compile in the foreground
-                return True
-            try:
+            try:  # first: on CUDA it moves optimizer step counts, which the copies copy
                 entry.fn = entry.fn or self._compile(entry)
             except Exception as err:  # noqa: BLE001 - an unknown backend name, say
                 entry.iteration, entry.reason = None, f"torch.compile: {_first_line(err)}"
                 self._warn(key, entry.reason)
                 return False
+            args = self._dry_arguments(entry.iteration)
+            if args is None:  # no batch seen yet to compile with: compile in the foreground
+                return True
             entry.background = _BackgroundCompile(entry.fn, _dry(entry, args))
             return False
         job = entry.background

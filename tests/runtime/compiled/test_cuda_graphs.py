@@ -91,3 +91,23 @@ def test_static_buffer_path_gives_the_eager_parameters(recorder, monkeypatch, me
     # the buffers hold the last iteration's batches (copied in, not replaced)
     assert torch.equal(buffers[0]["hpo"][0][0], engine.problems["hpo"].cur_batch[0])
     assert_same_parameters(parameters(eager), parameters(engine))
+
+
+def test_static_buffer_path_compiling_in_the_background(recorder, monkeypatch):
+    """The background compilation's dry call (on copies) and the switch to the compiled
+    function on the CUDA path: equal to eager, every compiled call staged."""
+    monkeypatch.setenv("MLODSL_COMPILE_WAIT", "0")
+    monkeypatch.setenv("MLODSL_COMPILE_COST", "0")
+    eager = mlo_engine("darts", METHODS["darts"], compile=False)
+    eager.run()
+    monkeypatch.setattr(capture, "compile_options", lambda device, backend: {
+        "mode": "reduce-overhead"})
+    engine = mlo_engine("darts", METHODS["darts"], compile=True)
+    engine.run()
+    engine.whole_iteration.wait()
+    whole = engine.whole_iteration
+    assert whole.captured_iterations > 0
+    # the dry call plus one call per captured iteration reached the compiled function
+    assert len(recorder.batches) == whole.captured_iterations + 1
+    assert whole.static_buffers()[("classifier", "hpo")]["fills"] == whole.captured_iterations
+    assert_same_parameters(parameters(eager), parameters(engine))
