@@ -49,6 +49,6 @@ def test_compiled_equals_eager_on_the_device(method):
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
     assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] == 0, \
         dict(counters["inductor"])
-    # Adam's step count moved to the device (capturable) for the graph to own it
+    # Adam's step counts moved to the device for the graph to write them
     opt = engine.problems["hpo"].optimizer
     assert all(H.same_device(s["step"]) for s in opt.state.values())

@@ -35,6 +35,10 @@ compilation, tests that count captured iterations).
 itself, eagerly: the same code torch.compile receives; the tests use it). Inductor's cache
 (``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary directory) makes a second run's
 compilation of the same program much faster.
+
+On CUDA (:func:`compile_options`) a pattern is compiled with ``mode="reduce-overhead"``: its
+iteration is replayed as one CUDA graph, reading its batches from static buffers
+(:class:`_CudaGraphStaging`); ``MLODSL_CUDA_GRAPHS=0`` turns that off.
 """
 from __future__ import annotations
 
@@ -591,11 +595,11 @@ class _CudaGraphStaging:
       tensor objects on the same storage);
     - each pattern's batches (and the lowers' last batches it reads) are copied into static
       buffers preallocated once per batch shape (:attr:`buffers`), the graph's inputs;
-    - an optimizer keeping its ``step`` count as a CPU tensor (Adam, AdamW, RMSprop without
-      ``capturable``) is switched to ``capturable=True``, torch's own setting for CUDA
-      graphs: the count moves to the parameter's device, the numbers are the same. Adagrad
-      has no such setting: a pattern stepping it runs its compiled kernels without a CUDA
-      graph (inductor says so in its log).
+    - an optimizer keeping its ``step`` counts as CPU tensors (Adam, AdamW, RMSprop,
+      Adagrad) has them moved to the parameters' device (:func:`_steps_on_device`): a CPU
+      input the graph writes would make inductor run it without a CUDA graph;
+    - the learning rates are 0-d tensors on the parameters' device already
+      (``FunctionalOptimizer``), refilled outside the graph when a scheduler changes them.
     """
 
     def __init__(self, it: CapturedIteration):
@@ -606,7 +610,7 @@ class _CudaGraphStaging:
         optimizers = [it.problems[n].optimizer for n in it.pattern]
         optimizers += [fo.optimizer for fo in it.sama_optimizers.values()]
         for opt in optimizers:
-            _capturable(opt)
+            _steps_on_device(opt)
 
     def stage(self, args: tuple, shapes: tuple) -> tuple:
         """``args`` with the batches copied into this shape's static buffers and every
@@ -623,20 +627,24 @@ class _CudaGraphStaging:
         return args
 
 
-def _capturable(opt) -> None:
-    """Keep ``opt``'s step counts on the parameters' device (``capturable=True``)."""
+def _steps_on_device(opt) -> None:
+    """Move ``opt``'s ``step`` counts (torch keeps them as CPU tensors unless ``capturable``
+    or ``fused``) to their parameters' devices, where the graph can write them. Its
+    param_groups stay as they were: torch's own steps read a device count with one
+    ``.item()`` (the eager iterations before the compilation), and a checkpoint loaded by
+    ``load_state_dict`` puts the counts back on the CPU (a later compilation moves them
+    again), so checkpoints resume on any device."""
     if opt is None:
         return
-    for group in opt.param_groups:
-        if "capturable" not in group or group["capturable"]:
-            continue
-        if any(p.device.type != "cuda" for p in group["params"]):
-            continue
-        group["capturable"] = True
-        for p in group["params"]:
-            step = opt.state.get(p, {}).get("step")
-            if isinstance(step, torch.Tensor) and step.device != p.device:
-                opt.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+    for state in opt.state.values():
+        for key in ("step",):
+            step = state.get(key)
+            if isinstance(step, torch.Tensor) and step.device.type == "cpu":
+                device = next((t.device for t in state.values()
+                               if isinstance(t, torch.Tensor) and t.device.type == "cuda"),
+                              None)
+                if device is not None:
+                    state[key] = step.to(device)
 
 
 def _fill(buffers, new):
