@@ -5,6 +5,8 @@ No GPU here: ``torch.compile`` is replaced by a recorder that returns the captur
 itself (it runs as Python), so what is checked is mlodsl's side: which options it asks for,
 and what it passes to the compiled function. tests/cuda/test_compiled.py runs it for real.
 """
+import threading
+
 import pytest
 import torch
 
@@ -40,6 +42,11 @@ class Recorder:
 
         def compiled(*args):
             self.batches.append(args[3])
+            if threading.current_thread() is not threading.main_thread():
+                # a background compilation's dry call: its result is not used, and running
+                # the function as Python there would swap the modules' parameters
+                # (functional_call) under the engine's eager iterations
+                return None
             return fn(*args)
         return compiled
 
