@@ -664,8 +664,7 @@ def _fill(buffers, new):
 def _mark_static(x) -> None:
     """Mark every tensor in ``x`` as a static input (no guard: the address is what counts)."""
     if isinstance(x, torch.Tensor):
-        if getattr(x, "_dynamo_static_input_type", None) is None:
-            torch._dynamo.mark_static_address(x, guard=False)
+        torch._dynamo.mark_static_address(x, guard=False)  # sets a flag: cheap to repeat
     elif isinstance(x, (list, tuple)):
         for y in x:
             _mark_static(y)
