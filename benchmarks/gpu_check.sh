@@ -6,19 +6,21 @@
 # It needs the wheels in .whl/ (lark, betty-ml 0.2.1; pure Python, downloaded beforehand,
 # carried with the working tree) and a python3 with torch (CUDA build), numpy, networkx, rich,
 # pytest, scikit-learn. Steps, each under its own time limit, all inside one overall budget
-# (GPU_CHECK_BUDGET seconds, default 345) so that the whole script ends within 6 minutes even
+# (GPU_CHECK_BUDGET seconds, default 465) so that the whole script ends within 8 minutes even
 # when something hangs; a failing step is recorded and the next one runs:
 #
 #   1. install the wheels into /tmp/site (no index, no deps) and put it and the repo on PYTHONPATH
 #   2. the machine: nvidia-smi -L, Python/torch/CUDA versions, imports, `mlodsl check`
 #   3. python3 -m pytest tests/cuda                  -> $OUT/pytest_cuda.txt
+#   3b. benchmarks/compiled_cuda.py: the seed's program eager, compiled, compiled with CUDA
+#      graphs (issue #11)                            -> $OUT/compiled_cuda.json
 #   4. a CPU subset of the suite (GPUs hidden)       -> $OUT/pytest_cpu.txt
 #   5. benchmarks/vs_betty.py --device cuda, small   -> $OUT/vs_betty_cuda.json
 #   6. benchmarks/hypergrad_cost.py --device cuda    -> $OUT/hypergrad_cost_cuda.json
 #   7. if time is left: tests/runtime/hypergrad with CUDA visible (the engine's "auto" device then
 #      picks CUDA for tests written for the CPU)     -> $OUT/pytest_auto_cuda.txt
 #
-# Everything printed also goes to $OUT/gpu_check.log (at most 6 files in $OUT). pytest gets
+# Everything printed also goes to $OUT/gpu_check.log (at most 7 files in $OUT). pytest gets
 # no -q of its own: pyproject's addopts already has one (a second hides the summary line).
 # GPU_CHECK_DRY=1 runs the same steps on the CPU with tiny settings (the CUDA tests skip):
 # a rehearsal of the script's own logic on a machine without a GPU.
@@ -31,7 +33,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 DRY=${GPU_CHECK_DRY:-0}
-BUDGET=${GPU_CHECK_BUDGET:-345}
+BUDGET=${GPU_CHECK_BUDGET:-465}
 START=$(date +%s)
 LOG=$OUT/gpu_check.log
 : > "$LOG"
@@ -120,8 +122,16 @@ EOF
 $PY -m mlodsl check examples/hpo/hpo.mlo && echo 'mlodsl CLI (python -m mlodsl) ok'"
 
 # 3. the CUDA tests (all skipped without CUDA, as in the dry run)
-step "pytest tests/cuda" 130 "
+step "pytest tests/cuda" 200 "
 $PY -m pytest tests/cuda -rfE --durations=10 -p no:cacheprovider 2>&1 | tee '$OUT/pytest_cuda.txt'"
+
+# 3b. the compiled iteration on the device (issue #11): eager, compiled (inductor's kernels)
+# and compiled with CUDA graphs (static batch buffers), taking turns; the compiled sides'
+# first turns are their compilations. The dry run rehearses it without compiling.
+if [ "$DRY" = "1" ]; then CC="--backend python --rounds 1 --chunk 2"; else
+    CC="--rounds 5 --chunk 50"; fi
+step "compiled_cuda --device $DEVICE" 150 "
+$PY benchmarks/compiled_cuda.py --device $DEVICE $CC --out '$OUT/compiled_cuda.json'"
 
 # 4. a subset of the CPU suite on this machine's Python/torch, GPUs hidden (what it tests
 # is the CPU path with this torch version)

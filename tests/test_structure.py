@@ -24,6 +24,8 @@ ALLOWED_PRIVATE = {
                            "no public spelling exists",
     "torch._foreach_mul": "torch's fused multi-tensor kernel; no public spelling exists",
     "torch._foreach_add_": "torch's fused multi-tensor kernel; no public spelling exists",
+    "torch._dynamo": "mark_static_address, torch's documented way to mark a CUDA-graph input "
+                     "static (compiled/capture.py); torch.compiler has no spelling of it",
     "os._exit": "ends a hung rank without running cleanup that could hang too (documented in "
                 "the os module for exactly this)",
     "_fields": "a namedtuple's public field list (the underscore only avoids clashing with "

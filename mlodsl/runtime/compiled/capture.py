@@ -37,6 +37,10 @@ compilation, tests that count captured iterations).
 itself, eagerly: the same code torch.compile receives; the tests use it). Inductor's cache
 (``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary directory) makes a second run's
 compilation of the same program much faster.
+
+On CUDA (:func:`compile_options`) a pattern is compiled with ``mode="reduce-overhead"``: its
+iteration is replayed as one CUDA graph, reading its batches from static buffers
+(:class:`_CudaGraphStaging`); ``MLODSL_CUDA_GRAPHS=0`` turns that off.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ from mlodsl.runtime.compiled.iteration import CAPTURED_METHODS, CapturedIteratio
 from mlodsl.runtime.compiled.optimizers import NotCapturable, functional_optimizer
 from mlodsl.runtime.problem import Problem
 
-__all__ = ["WholeIteration", "program_reasons", "Verdict"]
+__all__ = ["WholeIteration", "program_reasons", "Verdict", "compile_options"]
 
 
 @dataclass
@@ -168,7 +172,7 @@ class _Entry:
     """One pattern's captured function and how it runs (or why it does not)."""
 
     __slots__ = ("iteration", "fn", "signature", "reason", "calls", "shapes", "background",
-                 "compiled_shapes", "python_shapes", "declined")
+                 "compiled_shapes", "python_shapes", "declined", "staging")
 
     def __init__(self, iteration=None, reason=None):
         self.iteration = iteration
@@ -184,6 +188,8 @@ class _Entry:
         self.python_shapes: set = set()
         #: the iterations left were too few for a compilation to pay (decided once)
         self.declined = False
+        #: CUDA graphs only: the static input buffers and the write-back rules
+        self.staging: _CudaGraphStaging | None = None
 
 
 class _BackgroundCompile:
@@ -397,17 +403,16 @@ class WholeIteration:
         if entry.background is None and not self._worth_compiling(entry):
             return False
         if entry.background is None:
-            args = self._dry_arguments(entry.iteration)
-            if args is None:  # no batch seen yet to compile with: compile in the foreground
-                return True
-            try:
-                entry.fn = entry.fn or torch.compile(entry.iteration, fullgraph=True,
-                                                     dynamic=False, backend=self.backend)
+            try:  # first: on CUDA it moves optimizer step counts, which the copies copy
+                entry.fn = entry.fn or self._compile(entry)
             except Exception as err:  # noqa: BLE001 - an unknown backend name, say
                 entry.iteration, entry.reason = None, f"torch.compile: {_first_line(err)}"
                 self._warn(key, entry.reason)
                 return False
-            entry.background = _BackgroundCompile(entry.fn, args)
+            args = self._dry_arguments(entry.iteration)
+            if args is None:  # no batch seen yet to compile with: compile in the foreground
+                return True
+            entry.background = _BackgroundCompile(entry.fn, _dry(entry, args))
             return False
         job = entry.background
         if not job.done():
@@ -474,6 +479,12 @@ class WholeIteration:
                                                else it.steps[n].accum)] for n in it.pattern}
         return _copy(it.inputs(batches))
 
+    def static_buffers(self) -> dict[tuple[str, ...], dict]:
+        """Per pattern run with CUDA graphs: its static batch buffers, by batch shapes, and
+        how many iterations were copied into them (``{"buffers": {...}, "fills": N}``)."""
+        return {k: {"buffers": e.staging.buffers, "fills": e.staging.fills}
+                for k, e in self._entries.items() if e.staging is not None}
+
     def patterns(self) -> dict[tuple[str, ...], str]:
         """Each pattern seen so far: ``"captured"`` or ``"eager: REASON"``."""
         return {k: "captured" if e.iteration is not None else f"eager: {e.reason}"
@@ -505,8 +516,30 @@ class WholeIteration:
         if self.backend == "python":
             return it(*args)
         if entry.fn is None:
-            entry.fn = torch.compile(it, fullgraph=True, dynamic=False, backend=self.backend)
+            entry.fn = self._compile(entry)
         shapes = _shapes(args)
+        if entry.staging is None:
+            return self._call_compiled(entry, key, args, shapes)
+        # CUDA graphs: the batches go into the pattern's static buffers, every tensor the
+        # graph writes keeps its address; a new iteration begins (the previous replay's
+        # outputs may be overwritten), so its outputs are copied out before anyone keeps them
+        args = entry.staging.stage(args, shapes)
+        torch.compiler.cudagraph_mark_step_begin()
+        return _copy(self._call_compiled(entry, key, args, shapes))
+
+    def _compile(self, entry: _Entry):
+        """``torch.compile`` of the pattern's captured function, with the options the
+        device calls for (:func:`compile_options`); on CUDA also the entry's static input
+        buffers (:class:`_CudaGraphStaging`)."""
+        it = entry.iteration
+        options = compile_options(it_device(it), self.backend)
+        if options.get("mode") == "reduce-overhead":
+            entry.staging = _CudaGraphStaging(it)
+        return torch.compile(it, fullgraph=True, dynamic=False, backend=self.backend,
+                             **options)
+
+    def _call_compiled(self, entry: _Entry, key, args, shapes) -> dict:
+        """Call the compiled function (compiling it at its first call)."""
         if entry.calls and not self.foreground and shapes not in entry.compiled_shapes:
             return self._new_shapes(entry, key, shapes, args)
         if entry.calls:
@@ -548,9 +581,9 @@ class WholeIteration:
             else:
                 entry.python_shapes.add(job.shapes)
             if shapes in entry.compiled_shapes:
-                return self._call(entry, key, args)
+                return self._call_compiled(entry, key, args, shapes)
         if shapes not in entry.python_shapes and (job is None or job.done()):
-            entry.background = _BackgroundCompile(entry.fn, _copy(args))
+            entry.background = _BackgroundCompile(entry.fn, _dry(entry, _copy(args)))
         return entry.iteration(*args)
 
     def _warn(self, key, reason: str, where: str | None = None) -> None:
@@ -575,6 +608,128 @@ class WholeIteration:
             if sched is not None and not isinstance(
                     sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step()  # outside the graph: the new lr is a tensor input next time
+
+
+def compile_options(device: torch.device, backend: str = "inductor",
+                    cuda_graphs: str | None = None) -> dict:
+    """The ``torch.compile`` options for a captured iteration on ``device``.
+
+    On CUDA with inductor: ``mode="reduce-overhead"`` (the iteration's kernels replayed as one
+    CUDA graph: a small iteration is otherwise bound by kernel launches). Elsewhere, with
+    another backend, or with ``MLODSL_CUDA_GRAPHS=0`` (``cuda_graphs``; read from the
+    environment when None): no options, torch's defaults.
+    """
+    if cuda_graphs is None:
+        cuda_graphs = os.environ.get("MLODSL_CUDA_GRAPHS", "1")
+    if torch.device(device).type == "cuda" and backend == "inductor" and cuda_graphs != "0":
+        return {"mode": "reduce-overhead"}
+    return {}
+
+
+def it_device(it: CapturedIteration) -> torch.device:
+    """The device of a captured iteration: that of its stepping problems' parameters."""
+    for name in it.pattern:
+        for p in it.problems[name].trainable_parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+class _CudaGraphStaging:
+    """What a captured iteration needs to run as a CUDA graph (``mode="reduce-overhead"``).
+
+    A CUDA graph replays fixed addresses, and inductor records one only when every tensor
+    the graph writes is a *static* input (its address fixed: else it falls back to plain
+    kernels, with a log line). So:
+
+    - the parameters, optimizer states and learning-rate tensors (the graph writes the
+      first two back in place) are marked static at every call (``p.detach()`` makes new
+      tensor objects on the same storage);
+    - each pattern's batches (and the lowers' last batches it reads) are copied into static
+      buffers preallocated once per batch shape (:attr:`buffers`), the graph's inputs;
+    - an optimizer keeping its ``step`` counts as CPU tensors (Adam, AdamW, RMSprop,
+      Adagrad) has them moved to the parameters' device (:func:`_steps_on_device`): a CPU
+      input the graph writes would make inductor run it without a CUDA graph;
+    - the learning rates are 0-d tensors on the parameters' device already
+      (``FunctionalOptimizer``), refilled outside the graph when a scheduler changes them.
+    """
+
+    def __init__(self, it: CapturedIteration):
+        #: batch shapes (``_shapes``) -> the static buffers of that shape
+        self.buffers: dict[tuple, Any] = {}
+        #: iterations whose batches were copied into the buffers
+        self.fills = 0
+        optimizers = [it.problems[n].optimizer for n in it.pattern]
+        optimizers += [fo.optimizer for fo in it.sama_optimizers.values()]
+        for opt in optimizers:
+            _steps_on_device(opt)
+
+    def stage(self, args: tuple, shapes: tuple) -> tuple:
+        """``args`` with the batches copied into this shape's static buffers and every
+        tensor the graph reads or writes marked static."""
+        buffers = self.buffers.get(shapes)
+        if buffers is None:
+            buffers = self.buffers[shapes] = _copy(args[3:])
+            staged = buffers
+        else:
+            staged = _fill(buffers, args[3:])
+        self.fills += 1
+        args = tuple(args[:3]) + tuple(staged)
+        _mark_static(args)
+        return args
+
+
+def _steps_on_device(opt) -> None:
+    """Move ``opt``'s ``step`` counts (torch keeps them as CPU tensors unless ``capturable``
+    or ``fused``) to their parameters' devices, where the graph can write them. Its
+    param_groups stay as they were: torch's own steps read a device count with one
+    ``.item()`` (the eager iterations before the compilation), and a checkpoint loaded by
+    ``load_state_dict`` puts the counts back on the CPU (a later compilation moves them
+    again), so checkpoints resume on any device."""
+    if opt is None:
+        return
+    for state in opt.state.values():
+        for key in ("step",):
+            step = state.get(key)
+            if isinstance(step, torch.Tensor) and step.device.type == "cpu":
+                device = next((t.device for t in state.values()
+                               if isinstance(t, torch.Tensor) and t.device.type == "cuda"),
+                              None)
+                if device is not None:
+                    state[key] = step.to(device)
+
+
+def _fill(buffers, new):
+    """Copy ``new``'s tensors into ``buffers`` (same structure); other leaves are ``new``'s."""
+    if isinstance(buffers, torch.Tensor):
+        buffers.copy_(new, non_blocking=True)
+        return buffers
+    if isinstance(new, tuple) and hasattr(new, "_fields"):
+        return type(new)(*(_fill(b, x) for b, x in zip(buffers, new)))
+    if isinstance(new, (list, tuple)):
+        return type(new)(_fill(b, x) for b, x in zip(buffers, new))
+    if isinstance(new, dict):
+        return {k: _fill(buffers[k], v) for k, v in new.items()}
+    return new
+
+
+def _mark_static(x) -> None:
+    """Mark every tensor in ``x`` as a static input (no guard: the address is what counts)."""
+    if isinstance(x, torch.Tensor):
+        torch._dynamo.mark_static_address(x, guard=False)  # sets a flag: cheap to repeat
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            _mark_static(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            _mark_static(y)
+
+
+def _dry(entry: _Entry, args: tuple) -> tuple:
+    """The arguments of a background (compiling) call: on CUDA marked static like the real
+    calls' (whether an input is static is part of what is compiled)."""
+    if entry.staging is not None:
+        _mark_static(args)
+    return args
 
 
 class _Cancelled(BaseException):

@@ -153,7 +153,9 @@ class FunctionalOptimizer:
             if g.get("differentiable"):
                 raise NotCapturable(f"{kind.__name__}(differentiable=True)")
         self.state_keys = [_state_keys(self.rule, self.hyper[i]) for i in self.group_index]
-        self._lrs = [torch.tensor(float(g["lr"]), dtype=_lr_dtype(self.params))
+        # on the parameters' device: a CPU tensor input keeps a CUDA graph from being used
+        self._lrs = [torch.tensor(float(g["lr"]), dtype=_lr_dtype(self.params),
+                                  device=self.params[0].device if self.params else None)
                      for g in optimizer.param_groups]
         self._lr_values = [float(g["lr"]) for g in optimizer.param_groups]
 
